@@ -1,0 +1,29 @@
+"""The pure fairness core: every decision about who owns a fairlock lock next.
+
+No threads, no I/O, no clock reads, no randomness. The local lock (``fairlock.local``) and the
+distributed lock consult :class:`FairQueue` for every grant and only wait or transport.
+"""
+
+from .lanes import DEFAULT_LANE, DEFAULT_LANES, Lanes
+from .queue import (
+    DEFAULT_MAX_BYPASS,
+    GRANT_RULE,
+    FairQueue,
+    QueueState,
+    WaiterState,
+    check_max_bypass,
+    grant_bound,
+)
+
+__all__ = [
+    "DEFAULT_LANE",
+    "DEFAULT_LANES",
+    "DEFAULT_MAX_BYPASS",
+    "GRANT_RULE",
+    "FairQueue",
+    "Lanes",
+    "QueueState",
+    "WaiterState",
+    "check_max_bypass",
+    "grant_bound",
+]

@@ -1,0 +1,375 @@
+"""The fairness core: who gets the lock next.
+
+This module is the only place in fairlock that decides the order of owners. The local lock and
+the etcd lock ask it and then only wait or transport. Its rules, in order:
+
+1. **Tickets** are positive integers issued in arrival order (or supplied by the caller, e.g. an
+   etcd create revision, and then they must increase). A smaller ticket arrived earlier.
+2. A ticket is in exactly one state: *queued* in one lane, the *owner*, or gone. There is at most
+   one owner, and the lock is never free while anyone is queued: a request on a free lock is
+   granted at once, and a release (or a cancel of the owner) hands the lock straight to the next
+   owner. Nobody barges.
+3. **Grant rule**: the next owner is the oldest waiter of the highest-priority non-empty lane,
+   except that a waiter already overtaken ``max_bypass`` (K) times is served before anyone who
+   arrived after it.  A waiter is *overtaken* each time a ticket that arrived after it is granted
+   first.  With one lane this is pure FIFO; with K = 0 it is pure FIFO whatever the lanes.
+4. Consequences that the property tests check: within a lane, grants follow ticket order; no
+   waiter is ever overtaken more than K times; among queued waiters an older one has been
+   overtaken at least as often as a younger one, so the rule only ever needs to look at the
+   oldest waiter; a waiter that finds A waiters queued ahead of it is granted after at most
+   A + K other grants.
+5. Illegal operations (release with no owner or by another ticket, cancel of an unknown ticket,
+   an unknown lane) raise and leave the state exactly as it was.
+
+It never reads a clock, starts a thread, does I/O or draws a random number: the same calls give
+the same answers, which is what lets every etcd client reach the same decision from the same keys.
+
+Cost: ``request``, ``release`` and ``cancel`` are O(number of lanes) plus one step per overtake
+they cause, and each waiter can be overtaken at most K times, so the cost per grant does not grow
+with the queue length. ``change_lane`` is O(waiters in the target lane).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..errors import (
+    ArgumentTypeError,
+    InvalidArgumentError,
+    NotHeldError,
+    NotOwnerError,
+    TicketOrderError,
+    UnknownTicketError,
+)
+from .lanes import Lanes
+
+__all__ = [
+    "DEFAULT_MAX_BYPASS",
+    "GRANT_RULE",
+    "FairQueue",
+    "QueueState",
+    "WaiterState",
+    "grant_bound",
+    "check_max_bypass",
+]
+
+#: The grant rule in one sentence; quoted verbatim by the docs and the README.
+GRANT_RULE = (
+    "The next owner is the oldest waiter of the highest-priority non-empty lane, except that a "
+    "waiter already overtaken max_bypass (K) times is served before anyone who arrived after it."
+)
+
+#: Default K. Large enough that a live migration's handful of lock holds all go ahead of event
+#: handlers that queued before it; small enough that such a handler is delayed by at most four
+#: extra critical sections (about four cache refreshes) beyond its FIFO position.
+DEFAULT_MAX_BYPASS = 4
+
+
+def check_max_bypass(max_bypass: int | None) -> int | None:
+    """Validate K: a non-negative int, or None for strict priority (starves; tests only)."""
+    if max_bypass is None:
+        return None
+    if isinstance(max_bypass, bool) or not isinstance(max_bypass, int):
+        raise ArgumentTypeError(f"max_bypass must be an int or None, got {type(max_bypass).__name__}")
+    if max_bypass < 0:
+        raise InvalidArgumentError(f"max_bypass must be >= 0, got {max_bypass}")
+    return max_bypass
+
+
+def grant_bound(ahead: int, max_bypass: int | None) -> float:
+    """The most grants to others between a request and its own grant.
+
+    ``ahead`` is the number of waiters queued (in any lane, not counting the owner) when the
+    request was made. Each later grant goes either to one of those (at most ``ahead``) or to a
+    newer ticket, which overtakes the waiter (at most K times).
+    """
+    if max_bypass is None:
+        return math.inf
+    return ahead + max_bypass
+
+
+@dataclass(frozen=True)
+class WaiterState:
+    """One queued ticket as seen in a snapshot."""
+
+    ticket: int
+    lane: str
+    overtaken: int
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """A complete, immutable snapshot of a :class:`FairQueue`; ``FairQueue.restore`` rebuilds it."""
+
+    lanes: tuple[str, ...]
+    default_lane: str
+    max_bypass: int | None
+    owner: int | None
+    owner_lane: str | None
+    waiters: tuple[WaiterState, ...]  # in ticket (arrival) order
+    last_ticket: int
+    grants: int
+    max_overtaken: int
+
+
+class FairQueue:
+    """The deterministic state machine behind every fairlock lock. See the module docstring."""
+
+    __slots__ = (
+        "lanes",
+        "max_bypass",
+        "_queues",
+        "_rank_of",
+        "_owner",
+        "_owner_rank",
+        "_last_ticket",
+        "grants",
+        "max_overtaken",
+    )
+
+    def __init__(self, lanes: Lanes | Iterable[str] | None = None, max_bypass: int | None = DEFAULT_MAX_BYPASS) -> None:
+        if lanes is None:
+            lanes = Lanes()
+        elif not isinstance(lanes, Lanes):
+            lanes = Lanes(lanes)
+        self.lanes: Lanes = lanes
+        self.max_bypass: int | None = check_max_bypass(max_bypass)
+        # One FIFO per lane, ticket -> times overtaken; OrderedDict gives O(1) head and removal.
+        self._queues: list[OrderedDict[int, int]] = [OrderedDict() for _ in lanes.names]
+        self._rank_of: dict[int, int] = {}
+        self._owner: int | None = None
+        self._owner_rank: int | None = None
+        self._last_ticket = 0
+        #: Number of grants made so far.
+        self.grants = 0
+        #: The largest number of times any waiter has been overtaken.
+        self.max_overtaken = 0
+
+    # -- queries --------------------------------------------------------------------------------
+
+    @property
+    def owner(self) -> int | None:
+        """The ticket that holds the lock, or None when it is free."""
+        return self._owner
+
+    @property
+    def owner_lane(self) -> str | None:
+        return None if self._owner_rank is None else self.lanes.names[self._owner_rank]
+
+    def __len__(self) -> int:
+        """Number of queued waiters (the owner is not counted)."""
+        return len(self._rank_of)
+
+    def __contains__(self, ticket: object) -> bool:
+        return ticket in self._rank_of
+
+    def waiting(self) -> dict[str, int]:
+        """Queued waiters per lane name."""
+        return {name: len(q) for name, q in zip(self.lanes.names, self._queues)}
+
+    def lane_of(self, ticket: int) -> str:
+        if ticket == self._owner and self._owner_rank is not None:
+            return self.lanes.names[self._owner_rank]
+        try:
+            return self.lanes.names[self._rank_of[ticket]]
+        except (KeyError, TypeError):
+            raise UnknownTicketError(ticket) from None
+
+    def overtaken(self, ticket: int) -> int:
+        """How often the queued ``ticket`` has been overtaken so far."""
+        try:
+            return self._queues[self._rank_of[ticket]][ticket]
+        except (KeyError, TypeError):
+            raise UnknownTicketError(ticket) from None
+
+    def ahead_of(self, ticket: int) -> int:
+        """Queued waiters (any lane) that arrived before the queued ``ticket``."""
+        if ticket not in self._rank_of:
+            raise UnknownTicketError(ticket)
+        return sum(1 for t in self._rank_of if t < ticket)
+
+    def peek_next(self) -> int | None:
+        """The ticket the grant rule would choose now, without changing anything."""
+        found = self._choose()
+        return None if found is None else found[0]
+
+    # -- operations -----------------------------------------------------------------------------
+
+    def request(self, lane: str | None = None, ticket: int | None = None) -> int:
+        """Queue a new ticket in ``lane`` (default lane if None); grant it at once if the lock is free.
+
+        Returns the ticket; the caller owns the lock iff ``queue.owner == ticket`` afterwards.
+        ``ticket`` lets a transport supply its own arrival order (an etcd create revision); it
+        must be larger than every ticket seen before.
+        """
+        rank = self.lanes.rank_or_default(lane)
+        if ticket is None:
+            ticket = self._last_ticket + 1
+        else:
+            if isinstance(ticket, bool) or not isinstance(ticket, int):
+                raise ArgumentTypeError(f"ticket must be an int, got {type(ticket).__name__}")
+            if ticket <= self._last_ticket:
+                raise TicketOrderError(f"ticket {ticket} is not newer than the last ticket {self._last_ticket}")
+        self._last_ticket = ticket
+        if self._owner is None:
+            # Invariant 2: a free lock has an empty queue, so the newcomer is next by every rule.
+            self._owner, self._owner_rank = ticket, rank
+            self.grants += 1
+        else:
+            self._queues[rank][ticket] = 0
+            self._rank_of[ticket] = rank
+        return ticket
+
+    def release(self, ticket: int | None = None) -> int | None:
+        """The owner releases; returns the next owner (already made owner) or None if now free.
+
+        With ``ticket`` given, it must be the owner's ticket (an owner-checked release).
+        """
+        if self._owner is None:
+            raise NotHeldError("release of a lock that is not held")
+        if ticket is not None and ticket != self._owner:
+            raise NotOwnerError(f"ticket {ticket!r} is not the owner (owner is ticket {self._owner})")
+        return self._handoff()
+
+    def cancel(self, ticket: int) -> int | None:
+        """Withdraw ``ticket`` at any time.
+
+        A queued ticket just leaves its lane (nobody else's count changes). If the ticket was
+        already chosen as owner but its caller gave up before running, the lock passes on exactly
+        as on release, so it is never stranded; the new owner is returned (None if now free).
+        """
+        if ticket == self._owner and ticket is not None:
+            return self._handoff()
+        rank = self._rank_of.pop(ticket, None) if _is_ticket(ticket) else None
+        if rank is None:
+            raise UnknownTicketError(ticket)
+        del self._queues[rank][ticket]
+        return None
+
+    def change_lane(self, ticket: int, lane: str) -> None:
+        """Move a queued ticket to another lane, keeping its arrival order and overtaken count."""
+        new_rank = self.lanes.rank(lane)
+        if not _is_ticket(ticket) or ticket not in self._rank_of:
+            if ticket == self._owner and ticket is not None:
+                raise InvalidArgumentError(f"ticket {ticket} is the owner; only queued tickets change lanes")
+            raise UnknownTicketError(ticket)
+        old_rank = self._rank_of[ticket]
+        if old_rank == new_rank:
+            return
+        overtaken = self._queues[old_rank].pop(ticket)
+        target = self._queues[new_rank]
+        # Re-insert at its arrival position: everything newer moves behind it.
+        newer = [(t, n) for t, n in target.items() if t > ticket]
+        for t, _ in newer:
+            del target[t]
+        target[ticket] = overtaken
+        target.update(newer)
+        self._rank_of[ticket] = new_rank
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def snapshot(self) -> QueueState:
+        names = self.lanes.names
+        waiters = sorted(
+            (WaiterState(t, names[r], self._queues[r][t]) for t, r in self._rank_of.items()),
+            key=lambda w: w.ticket,
+        )
+        return QueueState(
+            lanes=names,
+            default_lane=self.lanes.default,
+            max_bypass=self.max_bypass,
+            owner=self._owner,
+            owner_lane=self.owner_lane,
+            waiters=tuple(waiters),
+            last_ticket=self._last_ticket,
+            grants=self.grants,
+            max_overtaken=self.max_overtaken,
+        )
+
+    @classmethod
+    def restore(cls, state: QueueState) -> FairQueue:
+        """Rebuild a queue from a snapshot (or from state read back from etcd)."""
+        queue = cls(Lanes(state.lanes, state.default_lane), state.max_bypass)
+        if state.owner is None and state.waiters:
+            raise InvalidArgumentError("inconsistent state: waiters queued on a free lock")
+        last = state.owner or 0
+        for w in state.waiters:
+            if w.ticket <= 0 or (state.owner is not None and w.ticket == state.owner):
+                raise InvalidArgumentError(f"inconsistent state: bad waiter ticket {w.ticket}")
+            if w.overtaken < 0:
+                raise InvalidArgumentError(f"inconsistent state: negative overtaken count for {w.ticket}")
+            rank = queue.lanes.rank(w.lane)
+            if w.ticket in queue._rank_of:
+                raise InvalidArgumentError(f"inconsistent state: ticket {w.ticket} queued twice")
+            queue._rank_of[w.ticket] = rank
+            last = max(last, w.ticket)
+        for w in sorted(state.waiters, key=lambda w: w.ticket):
+            queue._queues[queue._rank_of[w.ticket]][w.ticket] = w.overtaken
+        if state.owner is not None:
+            queue._owner = state.owner
+            queue._owner_rank = queue.lanes.rank(state.owner_lane or state.default_lane)
+        queue._last_ticket = max(last, state.last_ticket)
+        queue.grants = state.grants
+        queue.max_overtaken = max([state.max_overtaken, *(w.overtaken for w in state.waiters)])
+        return queue
+
+    # -- the rule -------------------------------------------------------------------------------
+
+    def _choose(self) -> tuple[int, int] | None:
+        """(ticket, rank) of the next owner by the grant rule, or None if nobody is queued."""
+        first: tuple[int, int] | None = None  # head of the highest-priority non-empty lane
+        oldest: tuple[int, int] | None = None
+        for rank, q in enumerate(self._queues):
+            if not q:
+                continue
+            head = next(iter(q))
+            if first is None:
+                first = (head, rank)
+            if oldest is None or head < oldest[0]:
+                oldest = (head, rank)
+        if oldest is None or first is None:
+            return None
+        # Invariant 4: the oldest waiter has been overtaken at least as often as anyone queued, so
+        # it alone decides whether someone has reached K; it is older than every other waiter.
+        k = self.max_bypass
+        if k is not None and self._queues[oldest[1]][oldest[0]] >= k:
+            return oldest
+        return first
+
+    def _handoff(self) -> int | None:
+        """End the current ownership and grant the next ticket by the rule (or free the lock)."""
+        chosen = self._choose()
+        if chosen is None:
+            self._owner = self._owner_rank = None
+            return None
+        ticket, rank = chosen
+        # The chosen ticket is the head of its lane (rule 4), so only other lanes hold waiters
+        # older than it; each of those is overtaken once by this grant.
+        for other_rank, q in enumerate(self._queues):
+            if other_rank == rank:
+                continue
+            for t in q:
+                if t > ticket:
+                    break
+                n = q[t] + 1
+                q[t] = n
+                if n > self.max_overtaken:
+                    self.max_overtaken = n
+        del self._queues[rank][ticket]
+        del self._rank_of[ticket]
+        self._owner, self._owner_rank = ticket, rank
+        self.grants += 1
+        return ticket
+
+    def __repr__(self) -> str:
+        return (
+            f"<FairQueue owner={self._owner} waiting={self.waiting()} "
+            f"max_bypass={self.max_bypass} grants={self.grants}>"
+        )
+
+
+def _is_ticket(ticket: object) -> bool:
+    return isinstance(ticket, int) and not isinstance(ticket, bool)

@@ -1,0 +1,81 @@
+"""Named locks: the same name gives the same lock for as long as anyone uses it.
+
+The registry holds its locks weakly: a lock lives while a caller holds a reference to it (which
+every ``with registry.lock(name):`` block does), and leaves the registry when the last one goes.
+100,000 names used once each leave it empty again.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .local import Lock, acquire_or_raise, check_name
+
+__all__ = ["LockRegistry", "get_lock", "lock", "default_registry"]
+
+
+class LockRegistry:
+    """Get-or-create named :class:`~fairlock.Lock` objects, all built with the same options.
+
+    ``lock_options`` are passed to every ``Lock`` the registry creates (``lanes``,
+    ``max_bypass``, ``slow_hold``, ...).
+    """
+
+    def __init__(self, **lock_options: Any) -> None:
+        Lock(None, **lock_options)  # validate the options now, not at the first use
+        self._options = lock_options
+        self._locks: weakref.WeakValueDictionary[str, Lock] = weakref.WeakValueDictionary()
+        # Plain threading.Lock looked up now; it guards a dict lookup and never blocks for long.
+        self._mutex = threading.Lock()
+
+    def get(self, name: str) -> Lock:
+        """The lock called ``name``, created on first use."""
+        check_name(name, allow_none=False)
+        with self._mutex:
+            found = self._locks.get(name)
+            if found is None:
+                found = Lock(name, **self._options)
+                self._locks[name] = found
+            return found
+
+    @contextmanager
+    def lock(
+        self, name: str, *, lane: str | None = None, timeout: float | None = None, blocking: bool = True
+    ) -> Iterator[Lock]:
+        """``with registry.lock(name):`` -- raises :class:`~fairlock.AcquireTimeout` if not taken."""
+        found = self.get(name)
+        acquire_or_raise(found, blocking, timeout, lane)
+        try:
+            yield found
+        finally:
+            found.release()
+
+    def names(self) -> list[str]:
+        with self._mutex:
+            return list(self._locks.keys())
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._locks
+
+    def __repr__(self) -> str:
+        return f"<fairlock.LockRegistry {len(self)} lock(s)>"
+
+
+default_registry = LockRegistry()
+
+
+def get_lock(name: str) -> Lock:
+    """The process-wide fair lock called ``name`` (default options)."""
+    return default_registry.get(name)
+
+
+def lock(name: str, *, lane: str | None = None, timeout: float | None = None, blocking: bool = True):  # type: ignore[no-untyped-def]
+    """``with fairlock.lock("refresh_cache-<uuid>"):`` on the process-wide registry."""
+    return default_registry.lock(name, lane=lane, timeout=timeout, blocking=blocking)
