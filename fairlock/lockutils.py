@@ -1,0 +1,680 @@
+"""A drop-in for ``oslo_concurrency.lockutils`` whose internal locks are fair.
+
+Adopt it with ``from fairlock import lockutils`` in place of ``from oslo_concurrency import
+lockutils``. This module only translates oslo's API onto :class:`fairlock.Lock`; every decision
+about who gets a lock next is made by fairlock's core. What it keeps from oslo, exactly:
+
+1. The signatures (positional order included), the return values, the ``[oslo_concurrency]``
+   options, :class:`AcquireLockFailedException`, and the log lines: the same format strings with
+   the same arguments, emitted at the same moments relative to acquire and release, from the
+   logger named ``oslo_concurrency.lockutils`` (so operators' log levels, filters and scrapers
+   keep working; see doc/source/lockutils.rst).
+2. ``external=True``: the internal lock first, then a file lock (fasteners' InterProcessLock), as
+   oslo does. The file lock goes through :func:`set_external_backend`, the seam where a
+   distributed backend replaces it.
+
+What it changes, each a row of the compatibility table in doc/source/lockutils.rst:
+
+3. Every internal lock is one reentrant :class:`fairlock.Lock` per name: FIFO with direct handoff
+   whatever ``fair=`` says, so fair and non-fair callers of one name exclude each other.
+   ``blocking=False`` and ``semaphores=`` work with ``fair=True``.
+4. Extra keyword-only arguments ``timeout=`` (a timeout fails like a non-blocking acquire) and
+   ``lane=`` (else the caller's :func:`fairlock.lane`, else the configured default lane).
+5. Bad arguments raise at once: names are non-empty ``str``; lanes, timeouts and ``blocking`` are
+   checked before anything is logged or locked.
+
+oslo.concurrency stays installed and imported: its option objects and its exception class are
+shared, so both modules can live in one process (os-brick still imports oslo's) and agree on
+``lock_path`` and on what ``except AcquireLockFailedException`` catches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+import fasteners
+from oslo_concurrency import lockutils as _oslo
+from oslo_config import cfg
+from oslo_utils import reflection
+
+from ._core import DEFAULT_MAX_BYPASS, Lanes, check_max_bypass
+from .context import lane as _lane_context
+from .errors import ArgumentTypeError, FairlockError, InvalidArgumentError
+from .local import Lock, check_name
+
+__all__ = [
+    "CONF",
+    "DEFAULT_LANE",
+    "DEFAULT_LANES",
+    "AcquireLockFailedException",
+    "ExternalLock",
+    "ExternalLockBackend",
+    "FairLocks",
+    "FileLockBackend",
+    "InterProcessLock",
+    "InternalLock",
+    "ReaderWriterLock",
+    "Semaphores",
+    "external_lock",
+    "get_external_backend",
+    "get_lock_path",
+    "internal_fair_lock",
+    "internal_lock",
+    "list_opts",
+    "lock",
+    "lock_with_prefix",
+    "main",
+    "remove_external_lock_file",
+    "remove_external_lock_file_with_prefix",
+    "set_defaults",
+    "set_external_backend",
+    "synchronized",
+    "synchronized_with_prefix",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: oslo's logger name, kept on purpose: ``default_log_levels``, logging config files, filters and
+#: scrapers that name ``oslo_concurrency.lockutils`` keep applying to the same lines.
+LOG = logging.getLogger("oslo_concurrency.lockutils")
+
+#: The lanes of every lockutils lock unless configured otherwise, highest priority first.
+DEFAULT_LANES: tuple[str, ...] = ("migration", "normal", "events")
+DEFAULT_LANE = "normal"
+
+#: Read at call time, so tests can replace it (oslo reads ``timeutils.now``, the same clock).
+_clock: Callable[[], float] = time.monotonic
+
+# -- options ---------------------------------------------------------------------------------------
+
+_fairlock_opts = [
+    cfg.ListOpt(
+        "fairlock_lanes",
+        default=list(DEFAULT_LANES),
+        help="fairlock: the lanes (priority classes) of every lockutils lock, highest priority "
+        "first. A waiter in a higher lane is served before waiters of lower lanes, within the "
+        "fairlock_max_bypass bound.",
+    ),
+    cfg.StrOpt(
+        "fairlock_default_lane",
+        default=DEFAULT_LANE,
+        help="fairlock: the lane of a lock request that names none, neither with lane= nor with "
+        "fairlock.lane(...) around the caller. Must be one of fairlock_lanes.",
+    ),
+    cfg.IntOpt(
+        "fairlock_max_bypass",
+        default=DEFAULT_MAX_BYPASS,
+        min=0,
+        help="fairlock: how many times a waiter may be overtaken by later waiters of higher "
+        "lanes before it is served ahead of them. 0 means strict FIFO whatever the lanes.",
+    ),
+]
+
+# oslo's own Opt objects: registering equal-but-distinct copies would make oslo.config raise
+# DuplicateOptError as soon as one module's set_defaults() changed a default.
+_opts: list[cfg.Opt] = list(_oslo._opts) + _fairlock_opts
+
+CONF = cfg.CONF
+
+
+def _register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(_opts, group="oslo_concurrency")
+
+
+_register_opts(CONF)
+
+_UNSET: Any = object()
+
+
+def set_defaults(
+    lock_path: str | None = _UNSET,
+    *,
+    fairlock_lanes: Sequence[str] = _UNSET,
+    fairlock_default_lane: str | None = _UNSET,
+    fairlock_max_bypass: int = _UNSET,
+) -> None:
+    """Set option defaults: ``lock_path`` as oslo does, plus fairlock's lane options.
+
+    Tests use it to point ``lock_path`` at a temporary directory. Locks created afterwards use the
+    new lane options; a lock already in use keeps the lanes it was created with.
+    """
+    given = {
+        key: value
+        for key, value in (
+            ("lock_path", lock_path),
+            ("fairlock_lanes", fairlock_lanes),
+            ("fairlock_default_lane", fairlock_default_lane),
+            ("fairlock_max_bypass", fairlock_max_bypass),
+        )
+        if value is not _UNSET
+    }
+    defaults = {opt.dest: opt.default for opt in _fairlock_opts}
+    defaults.update((key, value) for key, value in given.items() if key in defaults)
+    # Refuse a bad combination of defaults now, not at the first lock.
+    _build_lanes(defaults["fairlock_lanes"], defaults["fairlock_default_lane"], defaults["fairlock_max_bypass"])
+    if "fairlock_lanes" in given:
+        given["fairlock_lanes"] = list(given["fairlock_lanes"])
+    cfg.set_defaults(_opts, **given)
+    # oslo.config caches option values and cfg.set_defaults does not clear that cache; a
+    # (repeated, otherwise idempotent) registration does.
+    _register_opts(CONF)
+
+
+def get_lock_path(conf: cfg.ConfigOpts) -> str | None:
+    """The directory of external lock files configured in ``conf``."""
+    _register_opts(conf)
+    path: str | None = conf.oslo_concurrency.lock_path
+    return path
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """The options of this module for oslo-config-generator: oslo's two plus fairlock's."""
+    import copy
+
+    return [("oslo_concurrency", copy.deepcopy(_opts))]
+
+
+def _build_lanes(names: object, default: object, max_bypass: object) -> tuple[Lanes, int]:
+    try:
+        if isinstance(names, str):
+            raise ArgumentTypeError("fairlock_lanes must be a list of lane names")
+        lanes = Lanes(tuple(names), default)  # type: ignore[arg-type]
+        return lanes, check_max_bypass(max_bypass)  # type: ignore[arg-type, return-value]
+    except (ArgumentTypeError, InvalidArgumentError, TypeError) as exc:
+        raise InvalidArgumentError(f"invalid [oslo_concurrency] fairlock options: {exc}") from exc
+
+
+_options_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+
+def _lock_options() -> dict[str, Any]:
+    """Keyword arguments for a new lock, from the options in force now (cached per value)."""
+    global _options_cache
+    group = CONF.oslo_concurrency
+    key = (tuple(group.fairlock_lanes), group.fairlock_default_lane, group.fairlock_max_bypass)
+    cached = _options_cache
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    lanes, max_bypass = _build_lanes(*key)
+    options = {"lanes": lanes, "max_bypass": max_bypass, "reentrant": True}
+    _options_cache = (key, options)
+    return options
+
+
+# -- internal locks --------------------------------------------------------------------------------
+
+
+class InternalLock(Lock, threading.Semaphore):
+    """The internal lock of one name: a reentrant :class:`fairlock.Lock`.
+
+    It also passes ``isinstance(lock, threading.Semaphore)``, because oslo's ``lock()`` documents
+    that it yields a semaphore and callers check that. It is not a counting semaphore: ``release``
+    by a thread that does not hold it raises :class:`fairlock.NotOwnerError`. Reentrant because
+    oslo's fair locks (fasteners' write lock) are: the holder may take it again, and must release
+    as often.
+    """
+
+    __slots__ = ()
+
+
+class Semaphores:
+    """A container of named internal locks, garbage collected when no longer used.
+
+    Like oslo's, it holds its locks weakly: a lock lives while someone references it (every
+    ``with lock(name):`` block does) and leaves the container afterwards. Unlike oslo's, the
+    locks are fair; :func:`lock` accepts one for ``semaphores=`` whatever ``fair=`` says.
+    """
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[str, InternalLock] = weakref.WeakValueDictionary()
+        # Guards dict lookups only; nothing that can block or yield runs under it.
+        self._mutex = threading.Lock()
+
+    def get(self, name: str) -> InternalLock:
+        """The lock called ``name``, created with the options in force on first use."""
+        check_name(name, allow_none=False)
+        with self._mutex:
+            found = self._locks.get(name)
+        if found is not None:
+            return found
+        # Built outside the mutex: reading the options may raise (a bad config file value).
+        candidate = InternalLock(name, **_lock_options())
+        with self._mutex:
+            found = self._locks.get(name)
+            if found is None:
+                self._locks[name] = found = candidate
+            return found
+
+    def __len__(self) -> int:
+        """How many locks exist at the moment."""
+        return len(self._locks)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__name__} {len(self)} lock(s)>"
+
+
+class FairLocks(Semaphores):
+    """oslo's container of fair locks. Every container here is fair; this name is kept so that
+    code constructing one keeps working."""
+
+
+_semaphores = Semaphores()
+# One namespace for fair and non-fair callers: in oslo these were two containers, so
+# lock(name, fair=True) and lock(name) silently did not exclude each other.
+_fair_locks = _semaphores
+
+
+def internal_fair_lock(name: str) -> InternalLock:
+    """The internal lock of ``name`` (the same one :func:`internal_lock` returns)."""
+    return _semaphores.get(name)
+
+
+def _container_lock(name: str, semaphores: Semaphores | None) -> Lock:
+    found = (_semaphores if semaphores is None else semaphores).get(name)
+    if not isinstance(found, Lock):
+        raise ArgumentTypeError(
+            "semaphores= must be a container of fairlock locks such as "
+            f"fairlock.lockutils.Semaphores(); its get() returned {type(found).__name__}"
+        )
+    return found
+
+
+def internal_lock(
+    name: str, semaphores: Semaphores | None = None, blocking: bool = True
+) -> AbstractContextManager[Any]:
+    """The internal lock of ``name``; with ``blocking=False`` a context manager that raises
+    :class:`AcquireLockFailedException` instead of waiting."""
+    _check_blocking(blocking)
+    found = _container_lock(name, semaphores)
+    if blocking:
+        return found
+
+    @contextlib.contextmanager
+    def nonblocking() -> Generator[Lock, None, None]:
+        if not found.acquire(False):
+            raise AcquireLockFailedException(name)
+        try:
+            yield found
+        finally:
+            found.release()
+
+    return nonblocking()
+
+
+# -- argument checks ------------------------------------------------------------------------------
+
+
+def _check_blocking(blocking: object) -> None:
+    if not isinstance(blocking, (bool, int)):
+        raise ArgumentTypeError(f"blocking must be a bool, got {type(blocking).__name__}")
+
+
+def _check_timeout(blocking: object, timeout: object) -> float | None:
+    """Seconds to wait at most, or None for no limit. ``timeout`` is None or a number >= 0."""
+    _check_blocking(blocking)
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ArgumentTypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if math.isnan(timeout):
+        raise InvalidArgumentError("timeout must not be NaN")
+    if timeout < 0:
+        raise InvalidArgumentError(f"timeout must be >= 0 seconds (None waits forever), got {timeout}")
+    if not blocking:
+        raise InvalidArgumentError("timeout= needs blocking=True (blocking=False never waits)")
+    return None if math.isinf(timeout) else float(timeout)
+
+
+def _check_lane(lane: object) -> None:
+    """Type and emptiness; whether the lock knows the lane is checked against the lock itself."""
+    if lane is None:
+        return
+    if not isinstance(lane, str):
+        raise ArgumentTypeError(f"lane must be a str or None, got {type(lane).__name__}")
+    if not lane:
+        raise InvalidArgumentError("lane must not be empty")
+
+
+# -- external locks: the seam ---------------------------------------------------------------------
+
+InterProcessLock = fasteners.InterProcessLock
+#: oslo's reader/writer lock, re-exported unchanged (it is not one of lockutils' named locks).
+ReaderWriterLock = _oslo.ReaderWriterLock
+
+
+class ExternalLock(Protocol):
+    """What :func:`lock` needs from an external lock (fasteners' InterProcessLock has it)."""
+
+    def acquire(self, blocking: bool = ..., delay: float = ..., timeout: float | None = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class ExternalLockBackend(Protocol):
+    """Where ``external=True`` locks come from.
+
+    :func:`lock` takes the internal lock first, then ``backend.lock(...).acquire(...)``; the lane
+    of the request is visible to the backend as :func:`fairlock.current_lane` during that call.
+    """
+
+    def lock(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> ExternalLock: ...
+
+    def remove(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> None: ...
+
+
+def _get_lock_path(name: str, lock_file_prefix: str | None, lock_path: str | None = None) -> str:
+    """The lock file of ``name``: separators in the name become ``_``, the prefix gets a ``-``."""
+    name = name.replace(os.sep, "_")
+    if lock_file_prefix:
+        name = lock_file_prefix + ("" if lock_file_prefix.endswith("-") else "-") + name
+    directory = lock_path or CONF.oslo_concurrency.lock_path
+    if not directory:
+        raise cfg.RequiredOptError("lock_path", cfg.OptGroup("oslo_concurrency"))
+    return os.path.join(directory, name)
+
+
+class FileLockBackend:
+    """oslo's behaviour: one fasteners file lock per name under ``lock_path`` (one host only)."""
+
+    def lock(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> ExternalLock:
+        return InterProcessLock(_get_lock_path(name, lock_file_prefix, lock_path))  # type: ignore[no-any-return]
+
+    def remove(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> None:
+        path = _get_lock_path(name, lock_file_prefix, lock_path)
+        try:
+            os.remove(path)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                LOG.warning("Failed to remove file %(file)s", {"file": path})
+
+    def __repr__(self) -> str:
+        return "FileLockBackend()"
+
+
+_external_backend: ExternalLockBackend = FileLockBackend()
+
+
+def set_external_backend(backend: ExternalLockBackend | None) -> ExternalLockBackend:
+    """Install the backend of ``external=True`` locks (None: the file locks); returns the old one.
+
+    This is the seam for a distributed backend: nothing else in this module knows what an
+    external lock is.
+    """
+    global _external_backend
+    if backend is not None and not (callable(getattr(backend, "lock", None)) and callable(getattr(backend, "remove", None))):
+        raise ArgumentTypeError("an external lock backend needs lock() and remove() methods")
+    previous, _external_backend = _external_backend, backend or FileLockBackend()
+    return previous
+
+
+def get_external_backend() -> ExternalLockBackend:
+    return _external_backend
+
+
+def external_lock(
+    name: str, lock_file_prefix: str | None = None, lock_path: str | None = None
+) -> ExternalLock:
+    """A new, not yet acquired external lock for ``name`` from the installed backend."""
+    return _external_backend.lock(name, lock_file_prefix, lock_path)
+
+
+def remove_external_lock_file(
+    name: str,
+    lock_file_prefix: str | None = None,
+    lock_path: str | None = None,
+    semaphores: Semaphores | None = None,
+) -> None:
+    """Remove the external lock of ``name`` (its file) under the internal lock."""
+    with internal_lock(name, semaphores=semaphores):
+        _external_backend.remove(name, lock_file_prefix, lock_path)
+
+
+def _acquire_external(ext_lock: ExternalLock, blocking: bool, delay: float, deadline: float | None) -> bool:
+    if deadline is None:
+        return ext_lock.acquire(delay=delay, blocking=blocking)  # oslo's call, unchanged
+    return ext_lock.acquire(delay=delay, blocking=True, timeout=max(0.0, deadline - _clock()))
+
+
+# -- lock, synchronized ---------------------------------------------------------------------------
+
+
+class AcquireLockFailedException(_oslo.AcquireLockFailedException, FairlockError):
+    """The lock was not taken: ``blocking=False`` and busy, or ``timeout=`` expired.
+
+    A subclass of oslo's class, so ``except oslo_concurrency.lockutils.AcquireLockFailedException``
+    catches it too. ``str()`` is oslo's message.
+    """
+
+    def __init__(self, lock_name: str) -> None:
+        # args = (lock_name,) so that the exception survives pickling (oslo's does not).
+        Exception.__init__(self, lock_name)
+        self.lock_name = lock_name
+        self.message = f"Failed to acquire the lock {lock_name}"
+
+
+@contextlib.contextmanager
+def lock(
+    name: str,
+    lock_file_prefix: str | None = None,
+    external: bool = False,
+    lock_path: str | None = None,
+    do_log: bool = True,
+    semaphores: Semaphores | None = None,
+    delay: float = 0.01,
+    fair: bool = False,
+    blocking: bool = True,
+    *,
+    timeout: float | None = None,
+    lane: str | None = None,
+) -> Generator[Any, None, None]:
+    """Context manager: hold the lock called ``name``.
+
+    Yields the internal lock (an :class:`InternalLock`), or with ``external=True`` the external
+    lock. Arguments as oslo's, plus:
+
+    :param fair: accepted and ignored: every lock is fair (FIFO with direct handoff).
+    :param blocking: False: raise :class:`AcquireLockFailedException` at once if busy.
+    :param timeout: seconds to wait at most (internal and external lock together); on expiry
+        raise :class:`AcquireLockFailedException`. None waits forever.
+    :param lane: the lane to queue in; None uses the caller's :func:`fairlock.lane`, else the
+        configured default lane. A lane the lock does not have is an error.
+    """
+    wait = _check_timeout(blocking, timeout)
+    _check_lane(lane)
+    int_lock = _container_lock(name, semaphores)
+    if lane is not None:
+        int_lock.lanes.rank(lane)  # an unknown lane fails here, before anything is logged
+    deadline = None if wait is None else _clock() + wait
+    if do_log:
+        LOG.debug('Acquiring lock "%s"', name)
+    if not int_lock.acquire(blocking, -1 if wait is None else wait, lane):
+        raise AcquireLockFailedException(name)
+    try:
+        if do_log:
+            LOG.debug('Acquired lock "%(lock)s"', {"lock": name})
+        try:
+            if external and not CONF.oslo_concurrency.disable_process_locking:
+                ext_lock = external_lock(name, lock_file_prefix, lock_path)
+                with _lane_context(lane) if lane is not None else contextlib.nullcontext():
+                    gotten = _acquire_external(ext_lock, blocking, delay, deadline)
+                if not gotten:
+                    raise AcquireLockFailedException(name)
+                if do_log:
+                    LOG.debug('Acquired external semaphore "%(lock)s"', {"lock": name})
+                try:
+                    yield ext_lock
+                finally:
+                    ext_lock.release()
+            else:
+                yield int_lock
+        finally:
+            # Logged before the internal lock is released, as oslo does.
+            if do_log:
+                LOG.debug('Releasing lock "%(lock)s"', {"lock": name})
+    finally:
+        int_lock.release()
+
+
+def synchronized(
+    name: str,
+    lock_file_prefix: str | None = None,
+    external: bool = False,
+    lock_path: str | None = None,
+    semaphores: Semaphores | None = None,
+    delay: float = 0.01,
+    fair: bool = False,
+    blocking: bool = True,
+    *,
+    timeout: float | None = None,
+    lane: str | None = None,
+) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Decorator: the function runs holding the lock called ``name`` (arguments as :func:`lock`).
+
+    Logs oslo's three lines per call: acquiring, acquired (with the wait), and released or
+    unacquired (with the hold time).
+    """
+    check_name(name, allow_none=False)
+    _check_timeout(blocking, timeout)
+    _check_lane(lane)
+
+    def wrap(f: Callable[P, T]) -> Callable[P, T]:
+        f_name = reflection.get_callable_name(f)
+
+        @functools.wraps(f)
+        def inner(*args: P.args, **kwargs: P.kwargs) -> T:
+            t1 = _clock()
+            t2 = None
+            gotten = True
+            try:
+                LOG.debug('Acquiring lock "%s" by "%s"', name, f_name)
+                with lock(
+                    name,
+                    lock_file_prefix,
+                    external,
+                    lock_path,
+                    do_log=False,
+                    semaphores=semaphores,
+                    delay=delay,
+                    fair=fair,
+                    blocking=blocking,
+                    timeout=timeout,
+                    lane=lane,
+                ):
+                    t2 = _clock()
+                    LOG.debug(
+                        'Lock "%(name)s" acquired by "%(function)s" :: waited %(wait_secs)0.3fs',
+                        {"name": name, "function": f_name, "wait_secs": t2 - t1},
+                    )
+                    return f(*args, **kwargs)
+            except AcquireLockFailedException:
+                # Also when f itself raised it (a nested non-blocking lock): oslo's quirk, kept.
+                gotten = False
+                raise
+            finally:
+                held_secs = "N/A" if t2 is None else "%0.3fs" % (_clock() - t2)
+                LOG.debug(
+                    'Lock "%(name)s" "%(gotten)s" by "%(function)s" :: held %(held_secs)s',
+                    {
+                        "name": name,
+                        "gotten": "released" if gotten else "unacquired",
+                        "function": f_name,
+                        "held_secs": held_secs,
+                    },
+                )
+
+        return inner
+
+    return wrap
+
+
+class LockPartialProtocol(Protocol):
+    def __call__(
+        self,
+        name: str,
+        *,
+        external: bool = False,
+        lock_path: str | None = None,
+        do_log: bool = True,
+        semaphores: Semaphores | None = None,
+        delay: float = 0.01,
+        fair: bool = False,
+        blocking: bool = True,
+        timeout: float | None = None,
+        lane: str | None = None,
+    ) -> AbstractContextManager[Any]: ...
+
+
+class SyncPartialProtocol(Protocol):
+    def __call__(
+        self,
+        name: str,
+        *,
+        external: bool = False,
+        lock_path: str | None = None,
+        semaphores: Semaphores | None = None,
+        delay: float = 0.01,
+        fair: bool = False,
+        blocking: bool = True,
+        timeout: float | None = None,
+        lane: str | None = None,
+    ) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+
+
+class RemovePartialProtocol(Protocol):
+    def __call__(self, name: str, *, lock_path: str | None = None, semaphores: Semaphores | None = None) -> None: ...
+
+
+def lock_with_prefix(lock_file_prefix: str) -> LockPartialProtocol:
+    """:func:`lock` with ``lock_file_prefix`` bound (``'nova'`` and ``'nova-'`` are the same)."""
+    return functools.partial(lock, lock_file_prefix=lock_file_prefix)
+
+
+def synchronized_with_prefix(lock_file_prefix: str) -> SyncPartialProtocol:
+    """:func:`synchronized` with ``lock_file_prefix`` bound: ``synchronized = ...('nova-')``."""
+    return functools.partial(synchronized, lock_file_prefix=lock_file_prefix)  # type: ignore[return-value]
+
+
+def remove_external_lock_file_with_prefix(lock_file_prefix: str) -> RemovePartialProtocol:
+    """:func:`remove_external_lock_file` with ``lock_file_prefix`` bound."""
+    return functools.partial(remove_external_lock_file, lock_file_prefix=lock_file_prefix)
+
+
+# -- lockutils-wrapper ----------------------------------------------------------------------------
+
+
+def _lock_wrapper(argv: Sequence[str]) -> int:
+    """Run ``argv[1:]`` with ``OSLO_LOCK_PATH`` set to a fresh directory, removed afterwards;
+    returns the command's exit status (oslo's ``lockutils-wrapper``)."""
+    lock_dir = tempfile.mkdtemp()
+    os.environ["OSLO_LOCK_PATH"] = lock_dir
+    try:
+        return subprocess.call(argv[1:])  # noqa: S603 - the caller's own command line
+    finally:
+        shutil.rmtree(lock_dir, ignore_errors=True)
+
+
+def main() -> None:
+    sys.exit(_lock_wrapper(sys.argv))
+
+
+if __name__ == "__main__":
+    raise NotImplementedError(
+        "Calling lockutils directly is no longer supported. "
+        "Please use the lockutils-wrapper console script instead."
+    )
