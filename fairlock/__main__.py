@@ -1,0 +1,45 @@
+"""The ``fairlock`` command line (``python -m fairlock ...``).
+
+Every command is one ``_add_<command>`` function in ``_COMMANDS``: it adds a sub-parser and sets
+``func(args) -> int`` on it. A command imports its own module only when it registers, and that
+module imports nothing heavy (oslo, eventlet) until the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["build_parser", "main"]
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from .bench import add_parser
+
+    add_parser(commands)
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
+    _add_bench,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fairlock",
+        description="fairlock: fair locks for OpenStack-sized systems.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in _COMMANDS:
+        register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
