@@ -191,13 +191,17 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
 
 
 def _build_lanes(names: object, default: object, max_bypass: object) -> tuple[Lanes, int]:
+    what = "invalid [oslo_concurrency] fairlock options"
+    if not isinstance(names, (list, tuple)):
+        raise InvalidArgumentError(f"{what}: fairlock_lanes must be a list of lane names, got {names!r}")
     try:
-        if isinstance(names, str):
-            raise ArgumentTypeError("fairlock_lanes must be a list of lane names")
         lanes = Lanes(tuple(names), default)  # type: ignore[arg-type]
-        return lanes, check_max_bypass(max_bypass)  # type: ignore[arg-type, return-value]
-    except (ArgumentTypeError, InvalidArgumentError, TypeError) as exc:
-        raise InvalidArgumentError(f"invalid [oslo_concurrency] fairlock options: {exc}") from exc
+        checked = check_max_bypass(max_bypass)  # type: ignore[arg-type]
+    except (ArgumentTypeError, InvalidArgumentError) as exc:
+        raise InvalidArgumentError(f"{what}: {exc}") from exc
+    if checked is None:
+        raise InvalidArgumentError(f"{what}: fairlock_max_bypass must be an int >= 0")
+    return lanes, checked
 
 
 _options_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
