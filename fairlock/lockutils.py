@@ -190,17 +190,18 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     return [("oslo_concurrency", copy.deepcopy(_opts))]
 
 
-def _build_lanes(names: object, default: object, max_bypass: object) -> tuple[Lanes, int]:
-    what = "invalid [oslo_concurrency] fairlock options"
+def _build_lanes(
+    names: object, default: object, max_bypass: object, what: str = "invalid [oslo_concurrency] fairlock options"
+) -> tuple[Lanes, int]:
     if not isinstance(names, (list, tuple)):
-        raise InvalidArgumentError(f"{what}: fairlock_lanes must be a list of lane names, got {names!r}")
+        raise InvalidArgumentError(f"{what}: the lanes must be a list of lane names, got {names!r}")
     try:
         lanes = Lanes(tuple(names), default)  # type: ignore[arg-type]
         checked = check_max_bypass(max_bypass)  # type: ignore[arg-type]
     except (ArgumentTypeError, InvalidArgumentError) as exc:
         raise InvalidArgumentError(f"{what}: {exc}") from exc
     if checked is None:
-        raise InvalidArgumentError(f"{what}: fairlock_max_bypass must be an int >= 0")
+        raise InvalidArgumentError(f"{what}: max_bypass must be an int >= 0")
     return lanes, checked
 
 
@@ -243,9 +244,28 @@ class Semaphores:
     Like oslo's, it holds its locks weakly: a lock lives while someone references it (every
     ``with lock(name):`` block does) and leaves the container afterwards. Unlike oslo's, the
     locks are fair; :func:`lock` accepts one for ``semaphores=`` whatever ``fair=`` says.
+
+    Its locks get the lanes and ``max_bypass`` configured in ``[oslo_concurrency]`` when they are
+    created, unless the container was built with its own (``Semaphores(lanes=("a", "b"))``).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        lanes: Sequence[str] | None = None,
+        default_lane: str | None = None,
+        max_bypass: int = _UNSET,
+    ) -> None:
+        self._options: dict[str, Any] | None = None
+        if lanes is not None or default_lane is not None or max_bypass is not _UNSET:
+            defaults = {opt.dest: opt.default for opt in _fairlock_opts}
+            built, checked = _build_lanes(
+                defaults["fairlock_lanes"] if lanes is None else lanes,
+                default_lane,
+                defaults["fairlock_max_bypass"] if max_bypass is _UNSET else max_bypass,
+                "invalid Semaphores() options",
+            )
+            self._options = {"lanes": built, "max_bypass": checked, "reentrant": True}
         self._locks: weakref.WeakValueDictionary[str, InternalLock] = weakref.WeakValueDictionary()
         # Guards dict lookups only; nothing that can block or yield runs under it.
         self._mutex = threading.Lock()
@@ -258,7 +278,7 @@ class Semaphores:
         if found is not None:
             return found
         # Built outside the mutex: reading the options may raise (a bad config file value).
-        candidate = InternalLock(name, **_lock_options())
+        candidate = InternalLock(name, **(self._options or _lock_options()))
         with self._mutex:
             found = self._locks.get(name)
             if found is None:
