@@ -680,6 +680,34 @@ def test_file_backend_removes_lock_files(lock_dir: str) -> None:
     lockutils.remove_external_lock_file(name)  # already gone: no error
 
 
+def test_file_backend_warns_only_when_removal_fails_for_another_reason(
+    lock_dir: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """oslo's remove tests, with a real name: the path's arguments, os.remove of it, the warning."""
+    import errno
+
+    paths: list[tuple[Any, ...]] = []
+    real_path = lockutils._get_lock_path
+    monkeypatch.setattr(lockutils, "_get_lock_path", lambda *args: paths.append(args) or real_path(*args))
+    removed: list[str] = []
+    failure = [OSError(errno.ENOENT, "gone")]
+
+    def remove(path: str) -> None:
+        removed.append(path)
+        raise failure[0]
+
+    monkeypatch.setattr(os, "remove", remove)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    lockutils.remove_external_lock_file("vol-9", "pfx", lock_dir)
+    assert paths == [("vol-9", "pfx", lock_dir)]
+    assert removed == [os.path.join(lock_dir, "pfx-vol-9")]
+    assert lines(caplog) == []
+    failure[0] = OSError(errno.EPERM, "denied")
+    lockutils.remove_external_lock_file("vol-9")
+    assert paths[-1] == ("vol-9", None, None)
+    assert lines(caplog) == [(LOGGER, logging.WARNING, f"Failed to remove file {os.path.join(lock_dir, 'vol-9')}")]
+
+
 def test_external_lock_needs_a_lock_path(conf: Any) -> None:
     conf.config(lock_path=None, group="oslo_concurrency")
     with pytest.raises(cfg.RequiredOptError):
