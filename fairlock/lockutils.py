@@ -31,6 +31,7 @@ shared, so both modules can live in one process (os-brick still imports oslo's) 
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import functools
 import logging
@@ -185,8 +186,6 @@ def get_lock_path(conf: cfg.ConfigOpts) -> str | None:
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """The options of this module for oslo-config-generator: oslo's two plus fairlock's."""
-    import copy
-
     return [("oslo_concurrency", copy.deepcopy(_opts))]
 
 
