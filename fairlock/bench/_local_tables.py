@@ -1,0 +1,188 @@
+"""The local benchmarks' tables and goal verdicts, built from the results' data alone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ._local_cases import (
+    EMPTY_LOOP,
+    FAIRLOCK_CALLS,
+    FAIRLOCK_FIFO,
+    FAIRLOCK_HIGH,
+    FAIRLOCK_WITH,
+    OSLO_FAIR,
+    PING_PONG,
+)
+from ._report import Table, fmt, median
+
+_MODE_TITLES = {"native": "native threads", "eventlet": "eventlet green threads"}
+
+
+def _rows_by(results: dict[str, Any], bench: str, *key: str) -> dict[Any, dict[str, Any]]:
+    rows = results[bench]["rows"]
+    return {tuple(row[k] for k in key) if len(key) > 1 else row[key[0]]: row for row in rows}
+
+
+def _labels(all_results: dict[str, dict[str, Any]], bench: str) -> list[str]:
+    labels: list[str] = []
+    for results in all_results.values():
+        for row in results[bench]["rows"]:
+            if row["label"] not in labels:
+                labels.append(row["label"])
+    return labels
+
+
+def _groups(modes: Sequence[str], first: int, span: int) -> list[tuple[int, int, str]]:
+    return [(first + i * span, span, _MODE_TITLES[mode]) for i, mode in enumerate(modes)]
+
+
+def uncontended_table(all_results: dict[str, dict[str, Any]], reps: int) -> Table:
+    modes = list(all_results)
+    table = Table(
+        title=f"1. Uncontended acquire+release, ns per pair (median of {reps})",
+        headers=["variant"] + ["ns/pair", "x threading", "x net"] * len(modes),
+        align=["<"] + [">"] * 3 * len(modes),
+        groups=_groups(modes, 1, 3),
+        notes=[
+            "x threading: ratio to threading.Lock in the same style (with, or acquire/release);",
+            "x net: the same ratio after subtracting the empty loop. Under eventlet,",
+            "threading.Lock is eventlet's green lock.",
+        ],
+    )
+    rows = {mode: _rows_by(results, "uncontended", "label") for mode, results in all_results.items()}
+    for label in _labels(all_results, "uncontended"):
+        cells = [label]
+        for mode in modes:
+            row = rows[mode].get(label)
+            if row is None:
+                cells += ["n/a", "-", "-"]
+            elif label == EMPTY_LOOP:
+                cells += [fmt(row["median_ns"], 1), "-", "-"]
+            else:
+                cells += [fmt(row["median_ns"], 1), fmt(row["ratio"], 2), fmt(row["ratio_net"], 2)]
+        table.rows.append(cells)
+    skipped = {label: why for r in all_results.values() for label, why in r["uncontended"]["skipped"].items()}
+    table.notes = list(table.notes) + [f"not run: {label}: {why}" for label, why in skipped.items()]
+    return table
+
+
+def contended_table(all_results: dict[str, dict[str, Any]], reps: int) -> Table:
+    modes = list(all_results)
+    first = next(iter(all_results.values()))["contended"]
+    sections = ", ".join(f"{m}: {r['contended']['critical_section']}" for m, r in all_results.items())
+    table = Table(
+        title=(
+            f"2. Contended: {first['threads']} threads, acquisitions per second "
+            f"(median of {reps} runs of {first['seconds']:g} s)"
+        ),
+        headers=["variant"] + ["acq/s", "x oslo fair", "handoffs %"] * len(modes),
+        align=["<"] + [">"] * 3 * len(modes),
+        groups=_groups(modes, 1, 3),
+        notes=[
+            f"critical section: {sections}.",
+            "handoffs %: share of fairlock grants made by direct handoff at release "
+            "(lock.statistics()).",
+            f"{PING_PONG}: thread switches per second through two plain locks, the ceiling "
+            "for a lock that hands over at every release.",
+        ],
+    )
+    rows = {mode: _rows_by(results, "contended", "label") for mode, results in all_results.items()}
+    for label in _labels(all_results, "contended"):
+        cells = [label]
+        for mode in modes:
+            row = rows[mode].get(label)
+            fair = rows[mode].get(OSLO_FAIR)
+            if row is None:
+                cells += ["n/a", "-", "-"]
+                continue
+            cells.append(fmt(row["median_rate"]))
+            cells.append(fmt(row["median_rate"] / fair["median_rate"], 2) if fair else "-")
+            share = row.get("median_handoff_share")
+            cells.append(fmt(100 * share, 1) if share is not None else "-")
+        table.rows.append(cells)
+    return table
+
+
+def starvation_table(all_results: dict[str, dict[str, Any]], reps: int) -> Table:
+    modes = list(all_results)
+    first = next(iter(all_results.values()))["starvation"]
+    cap_ms = 1000 * first["cap"]
+    table = Table(
+        title=(
+            f"3. Starvation: one migration vs N handlers holding {1000 * first['hold']:g} ms "
+            f"(median of {reps})"
+        ),
+        headers=["variant", "N"] + ["overtakes", "wait ms", "starved"] * len(modes),
+        align=["<", ">"] + [">"] * 3 * len(modes),
+        groups=_groups(modes, 2, 3),
+        notes=[
+            "overtakes: handler acquisitions requested after the migration and granted before it.",
+            f"starved: runs (of {reps}) in which the migration still waited after the "
+            f"{cap_ms:g} ms cap; then the figures are lower bounds (>=).",
+        ],
+    )
+    rows = {mode: _rows_by(results, "starvation", "label", "handlers") for mode, results in all_results.items()}
+    keys: list[tuple[str, int]] = []
+    for results in all_results.values():
+        for row in results["starvation"]["rows"]:
+            if (row["label"], row["handlers"]) not in keys:
+                keys.append((row["label"], row["handlers"]))
+    for label, n in keys:
+        cells = [label, str(n)]
+        for mode in modes:
+            row = rows[mode].get((label, n))
+            if row is None:
+                cells += ["n/a", "-", "-"]
+                continue
+            bound = ">=" if row["median_starved"] else ""
+            cells.append(bound + fmt(row["median_overtakes"]))
+            cells.append(bound + fmt(1000 * row["median_wait"], 1))
+            cells.append(f"{sum(row['starved'])}/{len(row['starved'])}")
+        table.rows.append(cells)
+    return table
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def verdicts(all_results: dict[str, dict[str, Any]]) -> list[str]:
+    """The goals of issue 2, section 5: each with the measured figure and met / MISSED."""
+    lines = []
+    for mode, results in all_results.items():
+        unc = _rows_by(results, "uncontended", "label")
+        for label in (FAIRLOCK_WITH, FAIRLOCK_CALLS):
+            row = unc[label]
+            lines.append(
+                f"{mode}: {label}: {row['ratio']:.2f}x threading.Lock (net {row['ratio_net']:.2f}x); "
+                f"goal <= 3x: {_met(row['ratio'] <= 3)}"
+            )
+        ratio = results["contended"]["ratio_fairlock_to_oslo_fair"]
+        if ratio is not None:
+            paired = results["contended"]["paired_ratios_fairlock_to_oslo_fair"]
+            lines.append(
+                f"{mode}: contended fairlock.Lock / oslo fair: {ratio:.2f}x (per repetition: median "
+                f"{median(paired):.2f}x, {min(paired):.2f}x to {max(paired):.2f}x); goal >= 2x: {_met(ratio >= 2)}"
+            )
+        overtaken = [
+            f"{row['label']} N={row['handlers']}"
+            for row in results["starvation"]["rows"]
+            if row["label"] in (FAIRLOCK_FIFO, FAIRLOCK_HIGH) and max(row["overtakes"]) > 0
+        ]
+        lines.append(
+            f"{mode}: fairlock FIFO and lane=high overtakes: "
+            + (f"non-zero in {', '.join(overtaken)}" if overtaken else "0 in every run")
+            + f"; goal 0: {_met(not overtaken)}"
+        )
+    return lines
+
+
+def render(all_results: dict[str, dict[str, Any]], reps: int) -> str:
+    parts = [
+        uncontended_table(all_results, reps).render(),
+        contended_table(all_results, reps).render(),
+        starvation_table(all_results, reps).render(),
+        "Goals\n=====\n" + "\n".join(verdicts(all_results)),
+    ]
+    return "\n\n".join(parts)
