@@ -190,3 +190,25 @@ def test_documented_rule_and_bound() -> None:
     assert grant_bound(3, 4) == 7
     assert grant_bound(3, None) == math.inf
     assert DEFAULT_MAX_BYPASS == 4
+
+
+def test_plan_grant_matches_queue_release() -> None:
+    from fairlock._core import WaiterState, plan_grant
+
+    lanes = Lanes(("high", "normal", "low"))
+    q = FairQueue(lanes, max_bypass=1)
+    q.request()
+    for lane in ("low", "low", "high", "normal", "high"):
+        q.request(lane)
+    snap = q.snapshot()
+    plan = plan_grant(lanes, 1, snap.waiters)
+    assert plan is not None
+    got = q.release()
+    assert plan.ticket == got and plan.lane == q.owner_lane
+    after = {w.ticket: w.overtaken for w in q.snapshot().waiters}
+    assert plan.overtaken == {t: n for t, n in after.items() if n != {w.ticket: w.overtaken for w in snap.waiters}[t]}
+    assert plan_grant(lanes, 1, []) is None
+    with pytest.raises(InvalidArgumentError):
+        plan_grant(lanes, 1, [WaiterState(3, "low", 0), WaiterState(3, "low", 0)])
+    with pytest.raises(UnknownLaneError):
+        plan_grant(lanes, 1, [WaiterState(3, "nope", 0)])

@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fairlock._core import FairQueue, Lanes, grant_bound
+from fairlock._core import FairQueue, Lanes, grant_bound, plan_grant
 from fairlock.errors import FairlockError, NotHeldError, UnknownLaneError, UnknownTicketError
 
 from .core_model import Model
@@ -136,6 +136,15 @@ class CoreMachine(RuleBasedStateMachine):
         assert {w.ticket: w.lane for w in snap.waiters} == {
             w.ticket: self.lane_names[w.rank] for w in self.model.waiters
         }
+
+    @invariant()
+    def plan_grant_agrees(self) -> None:
+        """The stateless entry point used by the etcd lock makes the same decision."""
+        snap = self.queue.snapshot()
+        plan = plan_grant(self.queue.lanes, self.queue.max_bypass, snap.waiters)
+        assert (plan.ticket if plan else None) == self.queue.peek_next()
+        if plan and self.queue.max_bypass is not None:
+            assert all(n <= self.queue.max_bypass for n in plan.overtaken.values())
 
     @invariant()
     def never_free_while_queued(self) -> None:

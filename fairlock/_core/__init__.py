@@ -9,10 +9,12 @@ from .queue import (
     DEFAULT_MAX_BYPASS,
     GRANT_RULE,
     FairQueue,
+    GrantPlan,
     QueueState,
     WaiterState,
     check_max_bypass,
     grant_bound,
+    plan_grant,
 )
 
 __all__ = [
@@ -21,9 +23,11 @@ __all__ = [
     "DEFAULT_MAX_BYPASS",
     "GRANT_RULE",
     "FairQueue",
+    "GrantPlan",
     "Lanes",
     "QueueState",
     "WaiterState",
     "check_max_bypass",
     "grant_bound",
+    "plan_grant",
 ]

@@ -54,6 +54,8 @@ __all__ = [
     "WaiterState",
     "grant_bound",
     "check_max_bypass",
+    "GrantPlan",
+    "plan_grant",
 ]
 
 #: The grant rule in one sentence; quoted verbatim by the docs and the README.
@@ -369,6 +371,48 @@ class FairQueue:
             f"<FairQueue owner={self._owner} waiting={self.waiting()} "
             f"max_bypass={self.max_bypass} grants={self.grants}>"
         )
+
+
+@dataclass(frozen=True)
+class GrantPlan:
+    """What one grant changes: the next owner and the waiters it overtakes (with new counts)."""
+
+    ticket: int
+    lane: str
+    #: ticket -> its overtaken count after this grant, for every waiter the grant overtakes.
+    overtaken: dict[int, int]
+
+
+def plan_grant(lanes: Lanes, max_bypass: int | None, waiters: Iterable[WaiterState]) -> GrantPlan | None:
+    """The grant the rule makes next for these queued waiters (None if there are none).
+
+    For transports that keep the queue outside this process (etcd): they read the waiters, ask
+    here, and write the whole plan in one transaction, so every client reaches the same decision
+    from the same state. Raises for inconsistent input (unknown lane, duplicate ticket).
+    """
+    queue = FairQueue(lanes, max_bypass)
+    ordered = sorted(waiters, key=lambda w: w.ticket)
+    for w in ordered:
+        if isinstance(w.ticket, bool) or not isinstance(w.ticket, int) or w.ticket <= 0:
+            raise InvalidArgumentError(f"bad waiter ticket {w.ticket!r}")
+        if w.ticket in queue._rank_of:
+            raise InvalidArgumentError(f"ticket {w.ticket} queued twice")
+        if w.overtaken < 0:
+            raise InvalidArgumentError(f"negative overtaken count for {w.ticket}")
+        rank = lanes.rank(w.lane)
+        queue._rank_of[w.ticket] = rank
+        queue._queues[rank][w.ticket] = w.overtaken
+    if not ordered:
+        return None
+    before = {w.ticket: w.overtaken for w in ordered}
+    # A placeholder owner: the plan is what a release of the current owner would do.
+    queue._owner, queue._owner_rank = 0, lanes.default_rank
+    chosen = queue._handoff()
+    assert chosen is not None
+    changed = {
+        t: n for q in queue._queues for t, n in q.items() if n != before[t]
+    }
+    return GrantPlan(chosen, queue.owner_lane or lanes.default, changed)
 
 
 def _is_ticket(ticket: object) -> bool:
