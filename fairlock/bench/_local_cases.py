@@ -40,8 +40,11 @@ FAIRLOCK = "fairlock.Lock"
 FAIRLOCK_FIFO = "fairlock.Lock FIFO"
 FAIRLOCK_HIGH = "fairlock.Lock lane=high"
 
+
 @dataclass(frozen=True)
 class Sizes:
+    """How big each benchmark is (FULL: the default run, about two minutes; QUICK: a smoke run)."""
+
     #: Target duration of one timed loop of the uncontended benchmark.
     loop_seconds: float
     #: Duration of one contended run, after a warm-up (until every thread is running, the first

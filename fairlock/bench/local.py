@@ -3,7 +3,9 @@
 Three benchmarks, each run with native threads and with eventlet green threads:
 
 1. Uncontended acquire+release, ns per pair, against threading.Lock and oslo.concurrency.
-2. Contended acquisitions per second: 16 threads on one lock, empty critical section.
+2. Contended acquisitions per second: 16 threads on one lock, after a warm-up; the critical
+   section is empty (native) or one ``time.sleep(0)`` (eventlet: a green thread that never
+   blocks never lets another run). A two-thread ping-pong gives the machine's switch rate.
 3. Starvation: one "migration" asks for a lock that N "handlers" keep re-taking (5 ms holds).
    An overtake is a handler acquisition requested after the migration's request (by a global
    sequence number taken just before calling acquire) and granted before the migration.
@@ -12,8 +14,9 @@ Every figure is the median over ``--reps`` repetitions, and within each repetiti
 run one after another (in a rotating order), so a noisy machine disturbs them alike: read the
 ratios, not the absolute figures. Overtake counts are properties of the lock, not timings.
 
-Eventlet mode runs in a fresh interpreter whose first statement is ``eventlet.monkey_patch()``;
-fairlock never imports eventlet (in native mode oslo.concurrency's fair lock imports it, unpatched).
+Eventlet mode runs in a fresh interpreter that calls ``eventlet.monkey_patch()`` before anything
+imports threading or fairlock. fairlock never imports eventlet (in native mode oslo.concurrency's
+fair lock does, without patching).
 """
 
 from __future__ import annotations
