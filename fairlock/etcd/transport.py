@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import FairlockError
 
@@ -152,8 +152,15 @@ class Transport(abc.ABC):
         """(store revision, key-values sorted by key) for one key or a range; no write."""
 
     @abc.abstractmethod
-    def watch(self, key: bytes, start_revision: int, range_end: bytes | None = None) -> Watch:
-        """Watch from ``start_revision`` on; returns once etcd has confirmed the watch is created."""
+    def watch(self, key: bytes, start_revision: int, range_end: bytes | None = None, *,
+              no_put: bool = False, wakeup: Any = None) -> Watch:
+        """Watch from ``start_revision`` on; returns once etcd has confirmed the watch is created.
+
+        ``no_put``: deliver DELETE events only (etcd's NOPUT filter), so a waiter watching the
+        owner key is not woken by ordinary handoffs. ``wakeup``: an object with ``set()`` (e.g. a
+        ``threading.Event``) that the watch sets after queuing each event and when it breaks, so
+        one thread can wait on several watches at once.
+        """
 
     @abc.abstractmethod
     def lease_grant(self, ttl: int) -> tuple[int, int]:
