@@ -19,9 +19,14 @@ from collections.abc import Callable
 from contextlib import ContextDecorator
 from typing import Any, TypeVar
 
+from typing import TYPE_CHECKING
+
 from .errors import ArgumentTypeError, InvalidArgumentError
 
-__all__ = ["lane", "current_lane"]
+if TYPE_CHECKING:
+    from ._core import Lanes
+
+__all__ = ["lane", "current_lane", "resolve_lane"]
 
 _LANE: contextvars.ContextVar[str | None] = contextvars.ContextVar("fairlock_lane", default=None)
 
@@ -31,6 +36,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 def current_lane() -> str | None:
     """The lane set by the innermost active ``fairlock.lane(...)`` block, or None."""
     return _LANE.get()
+
+
+def resolve_lane(lanes: Lanes, explicit: str | None) -> str:
+    """The lane a request queues in: ``explicit`` (must be known), else the context's lane if the
+    lock knows it, else the lock's default lane."""
+    if explicit is not None:
+        lanes.rank(explicit)
+        return explicit
+    context_lane = _LANE.get()
+    return context_lane if lanes.knows(context_lane) else lanes.default
 
 
 class lane(ContextDecorator):

@@ -29,7 +29,7 @@ from ._core import DEFAULT_MAX_BYPASS, FairQueue, Lanes
 import threading as _threading
 
 from ._primitives import new_parker, thread_name
-from .context import _LANE
+from .context import resolve_lane
 from .errors import (
     AcquireTimeout,
     ArgumentTypeError,
@@ -161,6 +161,7 @@ class Lock:
         "_slow_wait",
         "_held_since",
         "_log",
+        "_on_queued",
         "__weakref__",
     )
 
@@ -176,6 +177,7 @@ class Lock:
         slow_wait: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
+        on_queued: Callable[[str], object] | None = None,
     ) -> None:
         self.name = check_name(name)
         if isinstance(lanes, Lanes):
@@ -187,6 +189,9 @@ class Lock:
             raise ArgumentTypeError("reentrant must be a bool")
         if not callable(clock):
             raise ArgumentTypeError("clock must be callable")
+        if on_queued is not None and not callable(on_queued):
+            raise ArgumentTypeError("on_queued must be callable or None")
+        self._on_queued = on_queued
         self.lanes: Lanes = lanes
         self._queue = FairQueue(lanes, max_bypass)
         # Both looked up now from the threading module (green if monkey patched). Neither is ever
@@ -250,10 +255,8 @@ class Lock:
             raise DeadlockError(f"{self!r}: the owner tried to acquire it again (not reentrant)")
         if not blocking:
             return False
-        if lane is None:
-            context_lane = _LANE.get()
-            # A context lane this lock does not know is a hint for other locks: use the default.
-            lane = context_lane if self.lanes.knows(context_lane) else self.lanes.default
+        # A context lane this lock does not know is a hint for other locks: use the default.
+        lane = resolve_lane(self.lanes, lane)
         parker = new_parker()
         with self._mutex:
             if self._held_acquire(False):
@@ -270,6 +273,9 @@ class Lock:
             waiter = _Waiter(parker, me, self.lanes.rank(lane), self._clock())
             self._waiters[ticket] = waiter
         try:
+            if self._on_queued is not None:
+                # Outside the mutex: the distributed lock uses this to raise its etcd waiter's lane.
+                self._on_queued(lane)
             granted = self._park(waiter, timeout, ticket)
         except BaseException:
             self._abandon(ticket)
