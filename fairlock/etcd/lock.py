@@ -1,0 +1,509 @@
+"""The distributed fair lock: the core's grant rule, decided from state every client reads in etcd.
+
+This module only transports. The decision of who owns the lock next is
+:func:`fairlock._core.plan_grant`, applied to the waiters read from etcd; the whole plan (new
+owner, its waiter key removed, the overtaken counts of the waiters it overtakes) is written in one
+transaction guarded by compares on everything the plan was computed from, so every client either
+makes the same decision or retries on fresher state.
+
+Keys of lock ``NAME`` under the session prefix ``P``::
+
+    P/locks/<quoted NAME>/owner          the holder; attached to the holder's lease
+    P/locks/<quoted NAME>/w/<lease>-<id> one per queued process; attached to its lease;
+                                         create revision = ticket; value = lane, overtaken count
+
+Invariants, and where they are kept:
+
+1. Nobody barges: the uncontended acquire writes the owner key only if there is no owner key and
+   no waiter key (one transaction, one write); otherwise it queues (same transaction).
+2. A release hands over in one transaction (compare: the owner key is still ours, no waiter was
+   added or changed since we read, the chosen and overtaken waiters are as we read them); an
+   uncontended release is one write.
+3. Wake-ups: a waiter watches its own key for DELETE only (a grant deletes it) and the owner key
+   for DELETE only (a crashed holder's lease expired). Ordinary handoffs are PUTs of the owner
+   key, which wake nobody but the chosen waiter: O(1) events per release.
+4. Fencing: the owner key's mod revision at the grant is the fencing token; every grant writes
+   the owner key, so tokens strictly increase.
+5. Cancel and release delete only our own key at its revision (compare on create/mod revision),
+   never a newer incarnation (etcd-io/etcd#22082).
+6. Two levels: threads of one process first queue on a local fair lock; only its holder queues in
+   etcd, so a process has at most one waiter per lock; when a higher-lane thread queues locally
+   behind it, the etcd waiter's lane is raised to match.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote
+
+import threading as _threading
+
+from .._core import DEFAULT_MAX_BYPASS, Lanes, WaiterState, check_max_bypass, plan_grant
+from ..context import resolve_lane
+from ..errors import ArgumentTypeError, InvalidArgumentError, NotHeldError, NotOwnerError
+from ..local import Lock, check_name, check_timeout
+from .session import LockLost, Session, SessionLost
+from .transport import (
+    Compare,
+    Delete,
+    EtcdError,
+    KeyValue,
+    Put,
+    Range,
+    TxnResult,
+    Watch,
+    WatchCompacted,
+    prefix_end,
+)
+
+__all__ = ["EtcdLock", "EtcdLockStatistics", "lock_keys", "decode_value"]
+
+LOG = logging.getLogger("fairlock.etcd")
+
+#: How often a waiter re-reads the state even without events (a safety net, not the mechanism).
+RECHECK_INTERVAL = 5.0
+#: Transactions retried on contention before giving up with an error (each retry re-reads).
+MAX_TXN_RETRIES = 100
+
+
+def lock_keys(prefix: bytes, name: str) -> tuple[bytes, bytes, bytes]:
+    """(owner key, waiter prefix, waiter prefix end) of lock ``name`` under ``prefix``."""
+    base = prefix + b"/locks/" + quote(name, safe="").encode()
+    waiters = base + b"/w/"
+    return base + b"/owner", waiters, prefix_end(waiters)
+
+
+def lock_name_from_key(prefix: bytes, key: bytes) -> str | None:
+    head = prefix + b"/locks/"
+    if not key.startswith(head):
+        return None
+    return unquote(key[len(head):].split(b"/", 1)[0].decode())
+
+
+def decode_value(kv: KeyValue) -> dict[str, Any]:
+    try:
+        value = json.loads(kv.value)
+        return value if isinstance(value, dict) else {}
+    except ValueError:
+        return {}
+
+
+def _encode(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class EtcdLockStatistics:
+    name: str
+    held: bool
+    fencing_token: int | None
+    acquisitions: int
+    uncontended: int
+    handoffs_made: int
+    recoveries: int
+    txn_retries: int
+    watch_events: int
+    lost: int
+    lanes: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class EtcdLock:
+    """A fair lock shared by every process that uses the same etcd, name and prefix.
+
+    Same rule as :class:`fairlock.Lock`: the next owner is the oldest waiter of the
+    highest-priority non-empty lane, except that a waiter already overtaken ``max_bypass`` (K)
+    times is served before anyone who arrived after it. All processes using a lock name must use
+    the same ``lanes`` and ``max_bypass``.
+
+    ``on_lost(lock, fencing_token, reason)`` is called (from the session's keepalive thread) when
+    the lock is lost while held; :meth:`is_held` is False from then on.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        session: Session,
+        *,
+        lanes: Iterable[str] | Lanes | None = None,
+        default_lane: str | None = None,
+        max_bypass: int | None = DEFAULT_MAX_BYPASS,
+        on_lost: Callable[[EtcdLock, int | None, str], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        check_name(name, allow_none=False)
+        if not isinstance(session, Session):
+            raise ArgumentTypeError(f"session must be a fairlock.etcd.Session, got {type(session).__name__}")
+        session.check()
+        if on_lost is not None and not callable(on_lost):
+            raise ArgumentTypeError("on_lost must be callable")
+        self.name = name
+        self.session = session
+        self._local = Lock(name, lanes=lanes, default_lane=default_lane, max_bypass=max_bypass,
+                           on_queued=self._local_queued)
+        self.lanes: Lanes = self._local.lanes
+        self.max_bypass = check_max_bypass(max_bypass)
+        self._on_lost = on_lost
+        self._clock = clock
+        self._transport = session.transport
+        self._owner_key, self._wprefix, self._wend = lock_keys(session.prefix, name)
+        # State of the current holder; touched only by the thread holding the local lock, and
+        # by the keepalive thread to mark it lost.
+        self._token: int | None = None
+        self._lost_reason: str | None = None
+        self._wakeup: Any = None  # the current etcd waiter's wake-up event
+        self._stats = {"acquisitions": 0, "uncontended": 0, "handoffs_made": 0, "recoveries": 0,
+                       "txn_retries": 0, "watch_events": 0, "lost": 0}
+        self._waits: dict[str, list[float]] = {lane: [] for lane in self.lanes.names}
+        session.register(self)
+
+    # -- public API -------------------------------------------------------------------------------
+
+    @property
+    def fencing_token(self) -> int | None:
+        """The token of the current grant: strictly larger than every earlier grant's token."""
+        return self._token if self._lost_reason is None else None
+
+    def is_held(self) -> bool:
+        """True while this process holds the lock and its session is alive."""
+        return self._token is not None and self._lost_reason is None and not self.session.lost
+
+    def locked(self) -> bool:
+        """True if anyone (any process) holds the lock, as etcd says now."""
+        _, kvs = self._transport.get_range(self._owner_key)
+        return bool(kvs)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = -1, lane: str | None = None) -> bool:
+        timeout = check_timeout(blocking, timeout)
+        lane = resolve_lane(self.lanes, lane)
+        self.session.check()
+        start = self._clock()
+        deadline = None if timeout is None else start + timeout
+        if not self._local.acquire(bool(blocking), -1 if timeout is None else timeout, lane):
+            return False
+        try:
+            # The local holder may represent higher-lane threads queued behind it.
+            remote_lane = self._effective_lane(lane)
+            got = self._acquire_remote(remote_lane, bool(blocking), deadline)
+        except BaseException:
+            self._local.release()
+            raise
+        if not got:
+            self._local.release()
+            return False
+        self._waits[lane].append(self._clock() - start)
+        self._stats["acquisitions"] += 1
+        return True
+
+    def release(self) -> None:
+        if not self._local.owned():
+            if self._local.locked():
+                raise NotOwnerError(f"release of {self!r} by a thread that does not hold it")
+            raise NotHeldError(f"release of {self!r}, which is not held")
+        token, lost = self._token, self._lost_reason
+        self._token = None
+        self._lost_reason = None
+        try:
+            if token is not None and lost is None:
+                self._release_remote(token)
+            elif lost is not None:
+                raise LockLost(f"{self!r} was lost while held ({lost}); the critical section was not protected")
+        finally:
+            self._local.release()
+
+    def __enter__(self) -> EtcdLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def statistics(self) -> EtcdLockStatistics:
+        lanes = {}
+        for lane, waits in self._waits.items():
+            lanes[lane] = {"grants": float(len(waits)), "wait_total": sum(waits),
+                           "wait_max": max(waits, default=0.0)}
+        return EtcdLockStatistics(name=self.name, held=self.is_held(), fencing_token=self.fencing_token,
+                                  lanes=lanes, **self._stats)
+
+    def __repr__(self) -> str:
+        state = f"held (token {self._token})" if self.is_held() else "not held here"
+        return f"<fairlock.etcd.EtcdLock {self.name!r} {state}>"
+
+    # -- acquire ----------------------------------------------------------------------------------
+
+    def _effective_lane(self, lane: str) -> str:
+        waiting = self._local.statistics().waiting_per_lane
+        for name in self.lanes.names:  # highest priority first
+            if name == lane or waiting.get(name):
+                return name
+        return lane
+
+    def _local_queued(self, lane: str) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            wakeup.set()  # the etcd waiter re-checks whether its lane must rise
+
+    def _holder_value(self, lane: str) -> dict[str, Any]:
+        return {**self.session.identity, "thread": _threading.current_thread().name, "lane": lane,
+                "since": self.session.wall_clock()}
+
+    def _acquire_remote(self, lane: str, blocking: bool, deadline: float | None) -> bool:
+        session = self.session
+        my_key = self._wprefix + f"{session.lease_id:x}-{uuid.uuid4().hex}".encode()
+        holder = self._holder_value(lane)
+        nobody = [
+            Compare(self._owner_key, "create_revision", "=", 0),
+            Compare(self._wprefix, "create_revision", "=", 0, range_end=self._wend),
+        ]
+        reads: list[Put | Delete | Range] = [Range(self._owner_key), Range(self._wprefix, self._wend)]
+        queue_me = [Put(my_key, _encode({**holder, "overtaken": 0}), lease=session.lease_id)]
+        result = self._transport.txn(
+            nobody,
+            [Put(self._owner_key, _encode({**holder, "waiter": my_key.decode()}), lease=session.lease_id)],
+            reads + (queue_me if blocking else []),
+        )
+        if result.succeeded:
+            self._granted(result.revision)
+            self._stats["uncontended"] += 1
+            return True
+        if not blocking:
+            return False
+        return self._wait(my_key, result.revision, lane, deadline)
+
+    def _granted(self, token: int) -> None:
+        self._token = token
+        self._lost_reason = None
+
+    def _wait(self, my_key: bytes, ticket: int, lane: str, deadline: float | None) -> bool:
+        wakeup = _threading.Event()
+        self._wakeup = wakeup
+        watches: list[Watch] = []
+        my_mod = ticket
+        my_lane = lane
+        try:
+            revision = ticket
+            while True:
+                if not watches:
+                    # From the revision we read + 1: a synced watch, no catch-up delay. Then re-check,
+                    # because a grant made before the watch existed may only arrive after etcd's
+                    # ~100 ms catch-up of past revisions.
+                    watches = [
+                        self._transport.watch(my_key, revision + 1, no_put=True, wakeup=wakeup),
+                        self._transport.watch(self._owner_key, revision + 1, no_put=True, wakeup=wakeup),
+                    ]
+                wakeup.clear()
+                state = self._check(my_key, ticket)
+                if state == "granted":
+                    return True
+                if state == "owner-gone":
+                    self._recover()
+                    continue
+                self.session.check()
+                want = self._effective_lane(lane)
+                if self.lanes.rank(want) < self.lanes.rank(my_lane):
+                    my_mod = self._raise_lane(my_key, ticket, want, my_mod)
+                    my_lane = want
+                remaining = None if deadline is None else deadline - self._clock()
+                if remaining is not None and remaining <= 0:
+                    return self._cancel(my_key, ticket)
+                wait = RECHECK_INTERVAL if remaining is None else min(remaining, RECHECK_INTERVAL)
+                if wakeup.wait(wait):
+                    try:
+                        for w in watches:
+                            while (event := w.get(0)) is not None:
+                                self._stats["watch_events"] += 1
+                                revision = max(revision, event.kv.mod_revision)
+                    except (WatchCompacted, EtcdError) as exc:
+                        LOG.info("fairlock %r: watch broke (%s); re-reading", self.name, type(exc).__name__)
+                        for w in watches:
+                            w.cancel()
+                        watches = []
+                        revision, _ = self._transport.get_range(my_key)
+        except BaseException:
+            if self._token is None:
+                # Leaving without the lock (error, kill, session lost): take our key out of the
+                # queue; if it was granted meanwhile, pass the lock on rather than strand it.
+                self._abandon(my_key, ticket)
+            raise
+        finally:
+            self._wakeup = None
+            for w in watches:
+                w.cancel()
+
+    def _check(self, my_key: bytes, ticket: int) -> str:
+        """'granted', 'queued' or 'owner-gone', from one read of our key and the owner key."""
+        result = self._transport.txn([], [Range(my_key), Range(self._owner_key)])
+        mine, owner = result.responses
+        if owner and decode_value(owner[0]).get("waiter") == my_key.decode() and owner[0].lease == self.session.lease_id:
+            self._granted(owner[0].mod_revision)
+            return "granted"
+        if not mine or mine[0].create_revision != ticket:
+            # Our key vanished without a grant: our lease expired (or someone deleted it).
+            self.session.check()
+            raise LockLost(f"{self!r}: our waiter key vanished (lease expired or key deleted)")
+        return "queued" if owner else "owner-gone"
+
+    def _raise_lane(self, my_key: bytes, ticket: int, want: str, my_mod: int) -> int:
+        """A higher-lane thread queued locally behind us: move our etcd waiter to its lane."""
+        for _ in range(MAX_TXN_RETRIES):
+            _, kvs = self._transport.get_range(my_key)
+            if not kvs or kvs[0].create_revision != ticket:
+                return my_mod  # granted or gone: the next _check sees it
+            value = decode_value(kvs[0])
+            value["lane"] = want
+            # Guarded by mod revision: a releaser may be raising our overtaken count right now.
+            result = self._transport.txn(
+                [Compare(my_key, "mod_revision", "=", kvs[0].mod_revision)],
+                [Put(my_key, _encode(value), lease=self.session.lease_id)],
+            )
+            if result.succeeded:
+                return result.revision
+            self._stats["txn_retries"] += 1
+        return my_mod
+
+    def _cancel(self, my_key: bytes, ticket: int) -> bool:
+        """Timed out: delete our own key (only this incarnation of it). True if granted meanwhile."""
+        result = self._transport.txn(
+            [Compare(my_key, "create_revision", "=", ticket)],
+            [Delete(my_key)],
+            [Range(self._owner_key)],
+        )
+        if result.succeeded:
+            return False
+        owner = result.responses[0]
+        if owner and decode_value(owner[0]).get("waiter") == my_key.decode():
+            # Chosen in the instant we timed out: we own it now; report success, as the local lock does.
+            self._granted(owner[0].mod_revision)
+            return True
+        return False
+
+    def _abandon(self, my_key: bytes, ticket: int) -> None:
+        try:
+            if not self._cancel(my_key, ticket):
+                return
+            token = self._token
+            self._token = None
+            if token is not None:
+                self._release_remote(token)
+        except EtcdError as exc:
+            LOG.warning("fairlock %r: could not withdraw from the queue (%s); the key goes with the lease",
+                        self.name, type(exc).__name__)
+
+    # -- handoff ----------------------------------------------------------------------------------
+
+    def _waiter_states(self, kvs: Sequence[KeyValue]) -> tuple[list[WaiterState], dict[int, KeyValue]]:
+        states, by_ticket = [], {}
+        for kv in kvs:
+            value = decode_value(kv)
+            lane = value.get("lane")
+            if not self.lanes.knows(lane):
+                LOG.warning("fairlock %r: waiter %s has lane %r unknown here; treating it as %r",
+                            self.name, kv.key, lane, self.lanes.default)
+                lane = self.lanes.default
+            overtaken = value.get("overtaken", 0)
+            if isinstance(overtaken, bool) or not isinstance(overtaken, int) or overtaken < 0:
+                overtaken = 0
+            states.append(WaiterState(kv.create_revision, lane, overtaken))  # type: ignore[arg-type]
+            by_ticket[kv.create_revision] = kv
+        return states, by_ticket
+
+    def _grant_txn(self, owner_guard: Compare, revision: int, waiter_kvs: Sequence[KeyValue]) -> TxnResult | None:
+        """Write the core's plan for these waiters, guarded by everything it was computed from."""
+        states, by_ticket = self._waiter_states(waiter_kvs)
+        plan = plan_grant(self.lanes, self.max_bypass, states)
+        if plan is None:
+            return None
+        chosen = by_ticket[plan.ticket]
+        value = decode_value(chosen)
+        value.pop("overtaken", None)
+        value["waiter"] = chosen.key.decode()
+        value["lane"] = plan.lane
+        value["since"] = self.session.wall_clock()
+        compares = [
+            owner_guard,
+            # No waiter was added or changed since we read (a newer high-lane waiter changes the plan).
+            Compare(self._wprefix, "mod_revision", "<", revision + 1, range_end=self._wend),
+            Compare(chosen.key, "mod_revision", "=", chosen.mod_revision),
+        ]
+        success: list[Put | Delete | Range] = [
+            Put(self._owner_key, _encode(value), lease=chosen.lease),
+            Delete(chosen.key),
+        ]
+        for ticket, count in plan.overtaken.items():
+            kv = by_ticket[ticket]
+            compares.append(Compare(kv.key, "mod_revision", "=", kv.mod_revision))
+            updated = decode_value(kv)
+            updated["overtaken"] = count
+            success.append(Put(kv.key, _encode(updated), lease=kv.lease))
+        return self._transport.txn(compares, success, [Range(self._owner_key), Range(self._wprefix, self._wend)])
+
+    def _release_remote(self, token: int) -> None:
+        ours = Compare(self._owner_key, "mod_revision", "=", token)
+        result = self._transport.txn(
+            [ours, Compare(self._wprefix, "create_revision", "=", 0, range_end=self._wend)],
+            [Delete(self._owner_key)],
+            [Range(self._owner_key), Range(self._wprefix, self._wend)],
+        )
+        for _ in range(MAX_TXN_RETRIES):
+            if result.succeeded:
+                return
+            owner, waiters = result.responses
+            if not owner or owner[0].mod_revision != token:
+                self._stats["lost"] += 1
+                raise LockLost(f"{self!r}: the lock was no longer ours at release (lease expired?)")
+            if not waiters:
+                result = self._transport.txn(
+                    [ours, Compare(self._wprefix, "create_revision", "=", 0, range_end=self._wend)],
+                    [Delete(self._owner_key)],
+                    [Range(self._owner_key), Range(self._wprefix, self._wend)],
+                )
+                continue
+            granted = self._grant_txn(ours, result.revision, waiters)
+            if granted is None:  # pragma: no cover - waiters was non-empty
+                continue
+            if granted.succeeded:
+                self._stats["handoffs_made"] += 1
+                return
+            self._stats["txn_retries"] += 1
+            result = granted
+        raise EtcdError(f"{self!r}: release did not settle after {MAX_TXN_RETRIES} attempts")
+
+    def _recover(self) -> None:
+        """The owner key is gone (holder crashed, or left) while waiters exist: grant by the rule."""
+        absent = Compare(self._owner_key, "create_revision", "=", 0)
+        for _ in range(MAX_TXN_RETRIES):
+            revision, waiters = self._transport.get_range(self._wprefix, self._wend)
+            _, owner = self._transport.get_range(self._owner_key)
+            if owner or not waiters:
+                return
+            result = self._grant_txn(absent, revision, waiters)
+            if result is None or result.succeeded:
+                if result is not None:
+                    self._stats["recoveries"] += 1
+                return
+            self._stats["txn_retries"] += 1
+
+    # -- session notices --------------------------------------------------------------------------
+
+    def _session_lost(self, reason: str) -> None:
+        token = self._token
+        wakeup = self._wakeup
+        if wakeup is not None:
+            wakeup.set()  # a waiter stops at once with SessionLost
+        if token is None:
+            return
+        self._lost_reason = reason
+        self._stats["lost"] += 1
+        LOG.error("fairlock: lock %r (fencing token %s) lost: %s", self.name, token, reason)
+        if self._on_lost is not None:
+            self._on_lost(self, token, reason)
+
+    def _session_closing(self) -> None:
+        if self._token is not None:
+            self._session_lost("the session was closed while the lock was held")

@@ -1,0 +1,212 @@
+"""One etcd lease per process, kept alive in the background and shared by every lock.
+
+tooz and python-etcd3 grant a lease per acquire attempt (and leak them); etcd's own Go client has
+one per session. fairlock does the same as Go: a :class:`Session` owns one lease, refreshes it
+every ``ttl / 3`` seconds from one background thread (a green thread under eventlet), and when
+the lease expires or cannot be refreshed for ``ttl`` seconds it declares the session *lost*:
+every lock held through it is told (callbacks, ``is_held()`` becomes False) and every waiter
+stops with :class:`SessionLost`. All keys a session writes carry its lease, so a crashed process's
+keys disappear with its lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading as _threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ArgumentTypeError, FairlockError, InvalidArgumentError
+from .transport import EtcdError, LeaseNotFound, Transport
+
+__all__ = ["Session", "SessionLost", "LockLost", "DEFAULT_TTL", "DEFAULT_PREFIX"]
+
+LOG = logging.getLogger("fairlock.etcd")
+
+DEFAULT_TTL = 10
+DEFAULT_PREFIX = "/fairlock"
+
+
+class SessionLost(FairlockError):
+    """The session's lease expired or could not be refreshed: its locks are no longer held."""
+
+
+class LockLost(FairlockError):
+    """A lock this process held (or was queued for) is gone: its lease expired or its key vanished."""
+
+
+class Session:
+    """An etcd lease shared by all locks of a process (or of one configuration).
+
+    ``transport`` is a :class:`~fairlock.etcd.transport.Transport` or an ``etcd3+http://`` URL.
+    ``on_lost(session, reason)`` is called once, from the keepalive thread, when the session is lost.
+    """
+
+    def __init__(
+        self,
+        transport: Transport | str,
+        *,
+        ttl: int | None = None,
+        prefix: str | None = None,
+        on_lost: Callable[[Session, str], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        owns_transport = False
+        if isinstance(transport, str):
+            from .config import parse_url
+            from .gateway import GatewayTransport
+
+            config = parse_url(transport)
+            transport = GatewayTransport.from_config(config)
+            owns_transport = True
+            ttl = ttl if ttl is not None else config.lease_ttl
+            prefix = prefix if prefix is not None else config.prefix
+        if not isinstance(transport, Transport):
+            raise ArgumentTypeError(f"transport must be a Transport or a URL, got {type(transport).__name__}")
+        ttl = DEFAULT_TTL if ttl is None else ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, int):
+            raise ArgumentTypeError("ttl must be an int number of seconds")
+        if ttl < 2:
+            raise InvalidArgumentError(f"ttl must be >= 2 seconds, got {ttl}")
+        prefix = DEFAULT_PREFIX if prefix is None else prefix
+        if not isinstance(prefix, str):
+            raise ArgumentTypeError("prefix must be a str")
+        if not prefix.startswith("/") or "\0" in prefix:
+            raise InvalidArgumentError(f"prefix must start with '/' and contain no NUL, got {prefix!r}")
+        if on_lost is not None and not callable(on_lost):
+            raise ArgumentTypeError("on_lost must be callable")
+        self.transport: Transport = transport
+        self.prefix = prefix.rstrip("/").encode()
+        self._owns_transport = owns_transport
+        self._clock = clock
+        self.wall_clock = wall_clock
+        self._on_lost = on_lost
+        self._locks: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._mutex = _threading.Lock()
+        self._closed = _threading.Event()
+        self._lost_reason: str | None = None
+        self.lease_id, self.ttl = transport.lease_grant(ttl)
+        self.identity: dict[str, object] = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "session": f"{self.lease_id:x}",
+        }
+        self._keepalive = _threading.Thread(
+            target=self._keep_alive, name=f"fairlock-keepalive-{self.lease_id:x}", daemon=True
+        )
+        self._keepalive.start()
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def lost(self) -> bool:
+        return self._lost_reason is not None
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._lost_reason
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`SessionLost` if the session can no longer hold locks."""
+        if self._lost_reason is not None:
+            raise SessionLost(f"etcd session {self.lease_id:x} is lost: {self._lost_reason}")
+        if self._closed.is_set():
+            raise SessionLost(f"etcd session {self.lease_id:x} is closed")
+
+    def register(self, lock: Any) -> None:
+        with self._mutex:
+            self._locks.add(lock)
+
+    # -- keepalive --------------------------------------------------------------------------------
+
+    def keepalive_once(self) -> int:
+        """Refresh the lease now; returns the remaining ttl. Marks the session lost if it is gone."""
+        try:
+            remaining = self.transport.lease_keepalive(self.lease_id)
+        except LeaseNotFound:
+            self._mark_lost("the lease expired")
+            raise
+        if remaining <= 0:
+            self._mark_lost("the lease expired")
+            raise LeaseNotFound(f"lease {self.lease_id:x} expired")
+        return remaining
+
+    def _keep_alive(self) -> None:
+        interval = self.ttl / 3.0
+        last_ok = self._clock()
+        while not self._closed.wait(interval):
+            if self._lost_reason is not None:
+                return
+            try:
+                self.keepalive_once()
+                last_ok = self._clock()
+            except LeaseNotFound:
+                return
+            except EtcdError as exc:
+                silent_for = self._clock() - last_ok
+                LOG.warning("fairlock session %x: keepalive failed (%s); %.1fs since the last refresh",
+                            self.lease_id, type(exc).__name__, silent_for)
+                if silent_for >= self.ttl:
+                    # etcd may have expired the lease by now: we can no longer claim any lock.
+                    self._mark_lost(f"no keepalive succeeded for {silent_for:.1f}s (ttl {self.ttl}s)")
+                    return
+            except Exception:  # never let the thread die silently: the locks depend on it
+                LOG.exception("fairlock session %x: unexpected keepalive error", self.lease_id)
+
+    def _mark_lost(self, reason: str) -> None:
+        with self._mutex:
+            if self._lost_reason is not None:
+                return
+            self._lost_reason = reason
+            locks = list(self._locks)
+        LOG.error("fairlock session %x lost: %s", self.lease_id, reason)
+        for lock in locks:
+            try:
+                lock._session_lost(reason)
+            except Exception:
+                LOG.exception("fairlock: lost-lock notice failed for %r", lock)
+        if self._on_lost is not None:
+            try:
+                self._on_lost(self, reason)
+            except Exception:
+                LOG.exception("fairlock: session on_lost callback failed")
+
+    # -- close ------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Revoke the lease (deleting every key of this session) and stop the keepalive."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with self._mutex:
+            locks = list(self._locks)
+        for lock in locks:
+            lock._session_closing()
+        try:
+            self.transport.lease_revoke(self.lease_id)
+        except EtcdError as exc:
+            LOG.warning("fairlock session %x: lease revoke failed (%s); it expires in %ss",
+                        self.lease_id, type(exc).__name__, self.ttl)
+        if self._keepalive is not _threading.current_thread():
+            self._keepalive.join(self.ttl)
+        if self._owns_transport:
+            self.transport.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "lost" if self.lost else ("closed" if self.closed else "alive")
+        return f"<fairlock.etcd.Session lease={self.lease_id:x} ttl={self.ttl}s {state}>"
