@@ -17,6 +17,28 @@ if [ ! -x "$PY" ]; then
     fi
 fi
 
+# etcd for the etcd tests: Debian's etcd-server (3.4.x, /usr/bin/etcd). The tests start their own
+# etcd on free loopback ports with a temporary data dir (fairlock.testing), never the system one,
+# so the package's service is kept from starting (policy-rc.d answering 101 = "action forbidden")
+# and is stopped if the init system started it anyway.
+if ! command -v etcd >/dev/null 2>&1 && [ -z "${FAIRLOCK_SKIP_ETCD_INSTALL:-}" ]; then
+    echo "bootstrap: etcd not on PATH; installing Debian package etcd-server" >&2
+    _policy_added=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | _as_root tee /usr/sbin/policy-rc.d >/dev/null
+        _as_root chmod 755 /usr/sbin/policy-rc.d
+        _policy_added=1
+    fi
+    _as_root apt-get update -qq
+    _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        etcd-server >/dev/null
+    if [ -n "$_policy_added" ]; then _as_root rm -f /usr/sbin/policy-rc.d; fi
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        _as_root systemctl disable --now etcd >/dev/null 2>&1 || true
+    fi
+    command -v etcd >/dev/null 2>&1 || { echo "bootstrap: etcd still not on PATH" >&2; exit 1; }
+fi
+
 # Reinstall only when the declared dependencies change.
 _stamp="$VENV/.fairlock-deps"
 _want="$(cat "$FAIRLOCK_ROOT/setup.cfg" "$FAIRLOCK_ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
