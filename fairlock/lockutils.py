@@ -15,7 +15,7 @@ about who gets a lock next is made by fairlock's core. What it keeps from oslo, 
 
 What it changes, each a row of the compatibility table in doc/source/lockutils.rst:
 
-3. Every internal lock is one reentrant :class:`fairlock.Lock` per name: FIFO with direct handoff
+3. Every internal lock is one non-reentrant :class:`fairlock.Lock` per name: FIFO with direct handoff
    whatever ``fair=`` says, so fair and non-fair callers of one name exclude each other.
    ``blocking=False`` and ``semaphores=`` work with ``fair=True``.
 4. Extra keyword-only arguments ``timeout=`` (a timeout fails like a non-blocking acquire) and
@@ -216,7 +216,7 @@ def _lock_options() -> dict[str, Any]:
     if cached is not None and cached[0] == key:
         return cached[1]
     lanes, max_bypass = _build_lanes(*key)
-    options = {"lanes": lanes, "max_bypass": max_bypass, "reentrant": True}
+    options = {"lanes": lanes, "max_bypass": max_bypass, "reentrant": False}
     _options_cache = (key, options)
     return options
 
@@ -225,13 +225,13 @@ def _lock_options() -> dict[str, Any]:
 
 
 class InternalLock(Lock, threading.Semaphore):
-    """The internal lock of one name: a reentrant :class:`fairlock.Lock`.
+    """The internal lock of one name: a non-reentrant :class:`fairlock.Lock`, as oslo's default.
 
     It also passes ``isinstance(lock, threading.Semaphore)``, because oslo's ``lock()`` documents
     that it yields a semaphore and callers check that. It is not a counting semaphore: ``release``
-    by a thread that does not hold it raises :class:`fairlock.NotOwnerError`. Reentrant because
-    oslo's fair locks (fasteners' write lock) are: the holder may take it again, and must release
-    as often.
+    by a thread that does not hold it raises :class:`fairlock.NotOwnerError`. A blocking
+    re-entry by the holder raises :class:`fairlock.DeadlockError` (oslo's default semaphore hangs;
+    its fair lock, fasteners' write lock, allowed it).
     """
 
     __slots__ = ()
@@ -264,7 +264,7 @@ class Semaphores:
                 defaults["fairlock_max_bypass"] if max_bypass is _UNSET else max_bypass,
                 "invalid Semaphores() options",
             )
-            self._options = {"lanes": built, "max_bypass": checked, "reentrant": True}
+            self._options = {"lanes": built, "max_bypass": checked, "reentrant": False}
         self._locks: weakref.WeakValueDictionary[str, InternalLock] = weakref.WeakValueDictionary()
         # Guards dict lookups only; nothing that can block or yield runs under it.
         self._mutex = threading.Lock()

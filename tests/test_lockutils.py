@@ -470,14 +470,20 @@ def test_internal_locks_are_fairlock_locks_and_semaphores() -> None:
         assert internal.owned()
 
 
-def test_the_holder_may_nest_the_same_name() -> None:
-    """Reentrant, as oslo's fair locks (fasteners' write lock); oslo's non-fair one hangs here."""
+def test_nesting_the_same_name_is_an_error_not_a_hang() -> None:
+    """Not reentrant, as oslo's default lock (a Semaphore, on which nesting hangs forever).
+
+    oslo's fair=True lock is reentrant; fairlock has one lock per name for both, and keeps the
+    default's contract, but a nested blocking acquire raises DeadlockError at once.
+    """
     name = unique()
     with lockutils.lock(name) as outer:
-        with lockutils.lock(name, fair=True) as inner:
-            assert inner is outer
-        with lockutils.lock(name, blocking=False):
-            assert outer.owned()
+        with pytest.raises(fairlock.DeadlockError):
+            with lockutils.lock(name, fair=True):
+                pass
+        with pytest.raises(lockutils.AcquireLockFailedException):
+            with lockutils.lock(name, blocking=False):
+                pass
         assert outer.owned()
     assert not outer.locked()
 
