@@ -67,9 +67,44 @@ def _registry(lanes: Sequence[str]) -> Handle:
     return handle
 
 
+class _LockutilsHandle:
+    """``fairlock.lockutils.lock(name, ...)`` held open between acquire() and release(), per thread."""
+
+    def __init__(self, lanes: Sequence[str]) -> None:
+        from fairlock import lockutils
+
+        self.lockutils = lockutils
+        self.semaphores = lockutils.Semaphores(lanes=tuple(lanes))
+        self.name = f"generic-{next(_names)}"
+        self.lock = self.semaphores.get(self.name)
+        self._held: dict[int, list[Any]] = {}
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool:
+        manager = self.lockutils.lock(
+            self.name, semaphores=self.semaphores, do_log=False, blocking=blocking, timeout=timeout, lane=lane
+        )
+        try:
+            manager.__enter__()
+        except self.lockutils.AcquireLockFailedException:
+            return False
+        self._held.setdefault(threading.get_ident(), []).append(manager)
+        return True
+
+    def release(self) -> None:
+        held = self._held.get(threading.get_ident())
+        if not held:
+            self.lock.release()  # not held by this thread: raises as the lock does
+            return
+        held.pop().__exit__(None, None, None)
+
+    def waiting(self) -> int:
+        return self.lock.statistics().waiting
+
+
 KINDS: list[LockKind] = [
     LockKind("local", _local),
     LockKind("registry", _registry),
+    LockKind("lockutils", _LockutilsHandle),
 ]
 
 

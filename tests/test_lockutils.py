@@ -28,8 +28,6 @@ from oslo_config import fixture as config_fixture
 import fairlock
 from fairlock import lockutils
 from fairlock.fixture import lockutils as lock_fixture
-from tests import test_generic_lock
-from tests.kinds import LockKind
 
 LOGGER = "oslo_concurrency.lockutils"
 WAIT_LIMIT = 10.0  # seconds; only ever reached when a test is about to fail
@@ -138,50 +136,7 @@ def _work() -> str:
     return "done"
 
 
-# -- the generic lock suite (tests/test_generic_lock.py), run on lockutils.lock() ----------------
-
-
-class _LockutilsHandle:
-    """``lockutils.lock(name, ...)`` held open between acquire() and release(), per thread."""
-
-    def __init__(self, lanes: tuple[str, ...]) -> None:
-        self.semaphores = lockutils.Semaphores(lanes=lanes)
-        self.name = unique("generic")
-        self.lock = self.semaphores.get(self.name)
-        self._held: dict[int, list[Any]] = {}
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool:
-        manager = lockutils.lock(
-            self.name, semaphores=self.semaphores, do_log=False, blocking=blocking, timeout=timeout, lane=lane
-        )
-        try:
-            manager.__enter__()
-        except lockutils.AcquireLockFailedException:
-            return False
-        self._held.setdefault(threading.get_ident(), []).append(manager)
-        return True
-
-    def release(self) -> None:
-        held = self._held.get(threading.get_ident())
-        if not held:
-            self.lock.release()  # not held by this thread: raises as the lock does
-            return
-        held.pop().__exit__(None, None, None)
-
-    def waiting(self) -> int:
-        return self.lock.statistics().waiting
-
-
-@pytest.fixture
-def kind() -> LockKind:
-    """Overrides the generic suite's parametrized fixture for the tests imported below."""
-    return LockKind("lockutils", _LockutilsHandle)  # type: ignore[arg-type]
-
-
-for _name in dir(test_generic_lock):
-    if _name.startswith("test_"):
-        globals()[f"test_generic_{_name[len('test_'):]}"] = getattr(test_generic_lock, _name)
-del _name
+# The generic lock suite runs on lockutils.lock() through the "lockutils" kind in tests/kinds.py.
 
 
 def test_semaphores_with_own_lanes() -> None:
