@@ -39,8 +39,10 @@ def _groups(modes: Sequence[str], first: int, span: int) -> list[tuple[int, int,
 
 def uncontended_table(all_results: dict[str, dict[str, Any]], reps: int) -> Table:
     modes = list(all_results)
+    slices = next(iter(all_results.values()))["uncontended"]["slices"]
     table = Table(
-        title=f"1. Uncontended acquire+release, ns per pair (median of {reps})",
+        title=f"1. Uncontended acquire+release, ns per pair "
+        f"(median of {reps}, each the best of {slices} slices)",
         headers=["variant"] + ["ns/pair", "x threading", "x net"] * len(modes),
         align=["<"] + [">"] * 3 * len(modes),
         groups=_groups(modes, 1, 3),
@@ -74,7 +76,7 @@ def contended_table(all_results: dict[str, dict[str, Any]], reps: int) -> Table:
     table = Table(
         title=(
             f"2. Contended: {first['threads']} threads, acquisitions per second "
-            f"(median of {reps} runs of {first['seconds']:g} s)"
+            f"(median of {reps}, each the best of {first['slices']} runs of {first['seconds']:g} s)"
         ),
         headers=["variant"] + ["acq/s", "x oslo fair", "handoffs %"] * len(modes),
         align=["<"] + [">"] * 3 * len(modes),

@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -127,6 +128,8 @@ def _child_command(args: argparse.Namespace) -> list[str]:
         command.append("--quick")
     if args.cap is not None:
         command += ["--cap", str(args.cap)]
+    if args.threads is not None:
+        command += ["--threads", str(args.threads)]
     return command
 
 
@@ -144,53 +147,92 @@ def _measure_in_child(args: argparse.Namespace) -> dict[str, Any]:
 # -- command line ----------------------------------------------------------------------------------
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reps", type=int, default=5, help="repetitions per case (default 5)")
+    parser.add_argument("--reps", type=_at_least(1), default=5, help="repetitions per case (default 5)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds")
     parser.add_argument("--json", metavar="FILE", help="also write the results, every repetition, as JSON")
     parser.add_argument("--mode", choices=("native", "eventlet", "both"), default="both",
                         help="native threads, eventlet green threads (in a subprocess), or both")
-    parser.add_argument("--cap", type=float, default=None,
+    parser.add_argument("--threads", type=_at_least(2), default=None,
+                        help=f"threads in the contended benchmark (default {FULL.contended_threads})")
+    parser.add_argument("--cap", type=_seconds, default=None,
                         help="seconds after which a waiting migration counts as starved "
                              f"(default {FULL.cap:g}, {QUICK.cap:g} with --quick)")
     # Internal: this process is the monkey-patched eventlet child; print JSON, no tables.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.reps < 1:
-        print("fairlock bench local: --reps must be >= 1", file=sys.stderr)
-        return 2
+def _sizes(args: argparse.Namespace) -> Sizes:
     sizes = QUICK if args.quick else FULL
     if args.cap is not None:
         sizes = replace(sizes, cap=args.cap)
+    if args.threads is not None:
+        sizes = replace(sizes, contended_threads=args.threads)
+    return sizes
+
+
+def _modes(args: argparse.Namespace) -> list[str]:
+    modes = list(MODES) if args.mode == "both" else [args.mode]
+    if "eventlet" in modes and importlib.util.find_spec("eventlet") is None:
+        progress("eventlet is not installed: no eventlet mode")
+        modes.remove("eventlet")
+    return modes
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    options = ["python -m fairlock bench local", f"--reps {args.reps}", f"--mode {args.mode}"]
+    if args.quick:
+        options.append("--quick")
+    if args.threads is not None:
+        options.append(f"--threads {args.threads}")
+    if args.cap is not None:
+        options.append(f"--cap {args.cap:g}")
+    return " ".join(options)
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = _sizes(args)
     if args.child:
         if not green_mode():
             print("fairlock bench local: --child runs only under eventlet.monkey_patch()", file=sys.stderr)
             return 2
         json.dump(measure("eventlet", sizes, args.reps), sys.stdout)
         return 0
-    modes = list(MODES) if args.mode == "both" else [args.mode]
-    if "eventlet" in modes and importlib.util.find_spec("eventlet") is None:
-        if args.mode == "eventlet":
-            print("fairlock bench local: eventlet is not installed", file=sys.stderr)
-            return 2
-        progress("eventlet is not installed: native mode only")
-        modes.remove("eventlet")
+    modes = _modes(args)
+    if not modes:
+        return 2
     started = time.perf_counter()
     about = machine()
-    results: dict[str, dict[str, Any]] = {}
-    for mode in modes:
-        results[mode] = measure(mode, sizes, args.reps) if mode == "native" else _measure_in_child(args)
+    results = {
+        mode: measure(mode, sizes, args.reps) if mode == "native" else _measure_in_child(args)
+        for mode in modes
+    }
     about["load_average_after"] = machine()["load_average"]
-    print(f"fairlock bench local --reps {args.reps}{' --quick' if args.quick else ''}: "
-          f"{about['cpus']} CPUs, {about['python']}, load average {about['load_average']}, "
+    print(f"{_command_line(args)}: {about['cpus']} CPUs, {about['python']}, "
+          f"load average {about['load_average']} -> {about['load_average_after']}, "
           f"took {time.perf_counter() - started:.0f} s")
     print()
     print(render(results, args.reps))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
-            json.dump({"machine": about, "reps": args.reps, "sizes": asdict(sizes), "results": results},
-                      out, indent=2)
+            json.dump({"command": _command_line(args), "machine": about, "reps": args.reps,
+                       "sizes": asdict(sizes), "results": results}, out, indent=2)
             out.write("\n")
     return 0
