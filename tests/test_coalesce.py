@@ -682,7 +682,7 @@ def test_argument_validation():
 EVENTLET_SCRIPT = textwrap.dedent(
     """
     import warnings
-    warnings.filterwarnings("ignore", message="Eventlet is deprecated")
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     import eventlet
     eventlet.monkey_patch()
 
