@@ -175,7 +175,8 @@ class Coalescer:
     1
 
     ``covers(run_key, call_key)`` -- True when a run for ``run_key`` also serves a call for
-    ``call_key`` (equal keys always do). ``errors`` -- ``"share"`` (default: members of a failed
+    ``call_key`` (equal keys always do). It runs under the coalescer's mutex, as do the keys'
+    ``==``: keep both cheap, and never block or yield in them. ``errors`` -- ``"share"`` (default: members of a failed
     run get its exception) or ``"retry"`` (a follower of a failed run joins one more run).
     ``copy`` -- applied to the result for every member but the runner (e.g. ``copy.deepcopy``
     when callers mutate it).
@@ -498,10 +499,13 @@ def coalesced(
             return coalesce.ALONE if kwargs else refresh_vif_id   # None: a full refresh
 
         @coalesce.coalesced(
-            lambda self, context, instance, **kw: lockutils.get_lock("refresh_cache-%s" % instance.uuid),
+            lambda self, context, instance, **kw: lockutils.internal_lock("refresh_cache-%s" % instance.uuid),
             key=_nw_info_key,
             covers=lambda run, call: run is None or run == call)
         def get_instance_nw_info(self, context, instance, **kwargs): ...
+
+    (``fairlock.lockutils.internal_lock(name)`` is the lock ``fairlock.lockutils.lock(name)``
+    takes, so both keep excluding each other; see doc/source/nova.rst.)
     """
     if errors not in _ERROR_MODES:
         raise InvalidArgumentError(f"errors must be one of {_ERROR_MODES}, got {errors!r}")

@@ -680,7 +680,7 @@ def test_argument_validation():
 # -- eventlet --------------------------------------------------------------------------------------------------
 
 EVENTLET_SCRIPT = textwrap.dedent(
-    """
+    r"""
     import warnings
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     import eventlet
