@@ -33,6 +33,7 @@ __all__ = [
     "EtcdAuthError",
     "LeaseNotFound",
     "WatchCompacted",
+    "TxnOutcomeUnknown",
     "prefix_end",
 ]
 
@@ -55,6 +56,17 @@ class LeaseNotFound(EtcdError):
 
 class WatchCompacted(EtcdError):
     """The watch's start revision was compacted away; re-read and watch again."""
+
+
+class TxnOutcomeUnknown(EtcdUnavailable):
+    """A writing txn reached (or may have reached) etcd, but its answer was lost.
+
+    The connection broke or timed out after the request was sent, or etcd answered that the
+    proposal timed out: the txn may or may not have been applied, so the transport does not
+    retry it. Re-read the keys the txn would have written (e.g. is our key there, at which
+    create revision?) before deciding what to do. Subclass of EtcdUnavailable, so code that
+    only handles "etcd is unreachable" still treats it as that.
+    """
 
 
 def prefix_end(prefix: bytes) -> bytes:
