@@ -369,18 +369,20 @@ def bench_contended(
     labels = [v.label for v in variants] + [PING_PONG]
     samples: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     for rep in range(reps):
-        # A repetition's figure for a variant is its best slice (noise only ever lowers a rate).
-        best: dict[str, dict[str, Any]] = {}
+        # A repetition's figure for a variant is the median of its runs. (Not the best run: a
+        # herd of woken waiters makes oslo's fair lock alternate between fast and collapsed runs,
+        # which is its behaviour, not noise.)
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
         for piece in range(SLICES_CONTENDED):
             for variant in _rotate(variants + [None], rep + piece):
                 if variant is None:
-                    label, run = PING_PONG, _ping_pong_once(sizes)
+                    runs[PING_PONG].append(_ping_pong_once(sizes))
                 else:
-                    label, run = variant.label, _contended_once(variant, sizes, yield_inside)
-                if label not in best or run["rate"] > best[label]["rate"]:
-                    best[label] = run
-        for label, run in best.items():
-            samples[label].append(run)
+                    runs[variant.label].append(_contended_once(variant, sizes, yield_inside))
+        for label, done in runs.items():
+            samples[label].append({
+                key: median(run[key] for run in done) for key in done[0]
+            })
     rows = []
     for label in labels:
         runs = samples[label]

@@ -76,7 +76,7 @@ def contended_table(all_results: dict[str, dict[str, Any]], reps: int) -> Table:
     table = Table(
         title=(
             f"2. Contended: {first['threads']} threads, acquisitions per second "
-            f"(median of {reps}, each the best of {first['slices']} runs of {first['seconds']:g} s)"
+            f"(median of {reps}, each the median of {first['slices']} runs of {first['seconds']:g} s)"
         ),
         headers=["variant"] + ["acq/s", "x oslo fair", "handoffs %"] * len(modes),
         align=["<"] + [">"] * 3 * len(modes),
