@@ -6,6 +6,7 @@ arrived after it.
 """
 
 from ._core import DEFAULT_LANE, DEFAULT_LANES, DEFAULT_MAX_BYPASS, GRANT_RULE, Lanes
+from .coalesce import ALONE, Coalescer, coalesced
 from .context import current_lane, lane
 from .errors import (
     AcquireTimeout,
@@ -29,8 +30,10 @@ __all__ = [
     "DEFAULT_LANES",
     "DEFAULT_MAX_BYPASS",
     "GRANT_RULE",
+    "ALONE",
     "AcquireTimeout",
     "ArgumentTypeError",
+    "Coalescer",
     "DeadlockError",
     "FairlockError",
     "InvalidArgumentError",
@@ -43,6 +46,7 @@ __all__ = [
     "NotOwnerError",
     "UnknownLaneError",
     "UnknownTicketError",
+    "coalesced",
     "current_lane",
     "get_lock",
     "lane",
