@@ -116,7 +116,10 @@ def parse_url(url: str) -> EtcdConfig:
         raise _fail(url, f"scheme must be one of {', '.join(_SCHEMES)}")
     if any(c.isspace() for c in url):
         raise _fail(url, "contains whitespace")
-    parts = urlsplit("http://" + rest)  # hosts may be a list, so never ask urlsplit for a port
+    try:  # hosts may be a list, so never ask urlsplit for a port
+        parts = urlsplit("http://" + rest)
+    except ValueError as exc:
+        raise _fail(url, str(exc)) from None
     if parts.fragment:
         raise _fail(url, "a fragment (#...) means nothing here")
     netloc = parts.netloc

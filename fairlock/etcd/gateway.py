@@ -353,6 +353,7 @@ class GatewayTransport(Transport):
         self._mutex = _threading.Lock()
         self._auth_mutex = _threading.Lock()
         self._token: str | None = None
+        self._readers: list[Any] = []  # watch reader threads, joined by close()
         self._closed = False
 
     @classmethod
@@ -467,10 +468,12 @@ class GatewayTransport(Transport):
                 return
             self._closed = True
             watches = [w for ep in self._endpoints for w in list(ep.watches)]
+            readers = [t for t in self._readers if t.is_alive()]
         for w in watches:
             w.cancel()
-        for w in watches:  # readers see end of stream at once after cancel; bounded anyway
-            w._join(1.0)
+        for thread in readers:  # readers see end of stream at once after cancel; bounded anyway
+            if thread is not _threading.current_thread():
+                thread.join(1.0)
         for ep in self._endpoints:
             ep.session.close()
 
@@ -615,7 +618,7 @@ class _GatewayWatch(Watch):
         self._cancelled = False
         self._error: BaseException | None = None
         self._sock: socket.socket | None = None
-        self._thread: Any = None
+        self._transport = transport
         self._registry_mutex = transport._mutex
         with self._registry_mutex:
             ep.watches.add(self)
@@ -662,13 +665,11 @@ class _GatewayWatch(Watch):
     def _start(self, body: bytes, headers: dict[str, str], timeouts: tuple[float, float]) -> None:
         thread = _threading.Thread(target=self._run, args=(body, headers, timeouts),
                                    name=f"fairlock-watch-{self.endpoint}", daemon=True)
-        self._thread = thread
+        with self._registry_mutex:
+            readers = self._transport._readers
+            readers[:] = [t for t in readers if t.is_alive()]
+            readers.append(thread)
         thread.start()
-
-    def _join(self, timeout: float) -> None:
-        thread = self._thread
-        if thread is not None and thread is not _threading.current_thread():
-            thread.join(timeout)
 
     def _wait_created(self, timeout: float) -> BaseException | None:
         """None once etcd confirmed the watch; else the failure (_TryNext, an EtcdError...)."""
