@@ -8,6 +8,7 @@ Later backends (lockutils shim, etcd, tooz) add a kind here and inherit every ge
 from __future__ import annotations
 
 import itertools
+import uuid
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,9 @@ class LockKind:
     id: str
     make: Callable[[Sequence[str]], Handle]  # lanes (highest first) -> handle
     has_lanes: bool = True
+    #: Round trips to a server make each acquisition cost more: stress tests divide their
+    #: iteration counts by this.
+    cost: int = 1
 
     def __str__(self) -> str:
         return self.id
@@ -101,10 +105,88 @@ class _LockutilsHandle:
         return self.lock.statistics().waiting
 
 
+_etcd_server: Any = None
+
+
+def etcd_server() -> Any:
+    """One real etcd per test process, started on first use (closed at exit by fairlock.testing)."""
+    global _etcd_server
+    if _etcd_server is None:
+        from fairlock import testing
+
+        if testing.find_etcd() is None:
+            import pytest
+
+            testing._require_etcd()  # fails under CI, skips elsewhere
+            pytest.skip("no etcd")
+        _etcd_server = testing.EtcdServer(name="kinds").start()
+    return _etcd_server
+
+
+class _EtcdHandle:
+    """The distributed lock; ``per_thread=True`` gives each thread its own session (a separate
+    "process" to etcd, so threads contend in etcd itself); otherwise all threads share one session
+    and meet in the local queue first (two levels)."""
+
+    def __init__(self, lanes: Sequence[str], per_thread: bool) -> None:
+        from fairlock.etcd import EtcdLock, Session
+        from fairlock.etcd.gateway import GatewayTransport
+
+        server = etcd_server()
+        self.name = f"generic-{next(_names)}"
+        self.prefix = f"/fairlock-kinds/{uuid.uuid4().hex[:8]}"
+        self._make_session = lambda: Session(GatewayTransport([server.endpoint], timeout=10.0),
+                                             ttl=10, prefix=self.prefix)
+        self._make_lock = lambda session: EtcdLock(self.name, session, lanes=lanes)
+        self.per_thread = per_thread
+        self._mutex = threading.Lock()
+        self._locks: dict[int, Any] = {}
+        self.sessions: list[Any] = []
+        self.shared = None if per_thread else self._make_lock(self._new_session())
+
+    def _new_session(self) -> Any:
+        session = self._make_session()
+        with self._mutex:
+            self.sessions.append(session)
+        return session
+
+    def _lock(self) -> Any:
+        if self.shared is not None:
+            return self.shared
+        me = threading.get_ident()
+        if me not in self._locks:
+            self._locks[me] = self._make_lock(self._new_session())
+        return self._locks[me]
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool:
+        return self._lock().acquire(blocking, -1 if timeout is None else timeout, lane)
+
+    def release(self) -> None:
+        self._lock().release()
+
+    def waiting(self) -> int:
+        """Parked waiters: etcd waiter keys, plus threads queued locally behind the etcd waiter."""
+        from fairlock.etcd.lock import lock_keys
+
+        session = self.sessions[0]
+        _, wprefix, wend = lock_keys(session.prefix, self.name)
+        _, kvs = session.transport.get_range(wprefix, wend)
+        local = self.shared._local.statistics().waiting if self.shared is not None else 0
+        return len(kvs) + local
+
+    def close(self) -> None:
+        for session in self.sessions:
+            transport = session.transport
+            session.close()
+            transport.close()
+
+
 KINDS: list[LockKind] = [
     LockKind("local", _local),
     LockKind("registry", _registry),
     LockKind("lockutils", _LockutilsHandle),
+    LockKind("etcd", lambda lanes: _EtcdHandle(lanes, per_thread=True), cost=8),
+    LockKind("etcd-two-level", lambda lanes: _EtcdHandle(lanes, per_thread=False), cost=4),
 ]
 
 
