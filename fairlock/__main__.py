@@ -19,8 +19,15 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_parser(commands)
 
 
+def _add_inspect(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from .etcd.inspect import add_parser
+
+    add_parser(commands)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
     _add_bench,
+    _add_inspect,
 ]
 
 

@@ -118,6 +118,15 @@ _fairlock_opts = [
         help="fairlock: the lane of a lock request that names none, neither with lane= nor with "
         "fairlock.lane(...) around the caller. Must be one of fairlock_lanes.",
     ),
+    cfg.StrOpt(
+        "fairlock_backend_url",
+        default=None,
+        secret=True,
+        help="fairlock: an etcd URL (etcd3+http://host:2379[,host2:2379]/prefix?lease_ttl=10, "
+        "etcd3+https://... with ca_cert, cert_cert, cert_key, username, password). When set, "
+        "external=True locks are fair distributed locks on etcd, shared by every host using the "
+        "same etcd and prefix, instead of files under lock_path.",
+    ),
     cfg.IntOpt(
         "fairlock_max_bypass",
         default=DEFAULT_MAX_BYPASS,
@@ -446,15 +455,37 @@ def set_external_backend(backend: ExternalLockBackend | None) -> ExternalLockBac
     return previous
 
 
+_configured_backends: dict[str, ExternalLockBackend] = {}
+_configured_mutex = threading.Lock()
+
+
 def get_external_backend() -> ExternalLockBackend:
-    return _external_backend
+    """The backend of ``external=True`` locks now.
+
+    One installed with :func:`set_external_backend` wins; otherwise, when
+    ``[oslo_concurrency] fairlock_backend_url`` is set, the etcd backend for that URL (made once
+    per URL); otherwise oslo's file locks.
+    """
+    url = CONF.oslo_concurrency.fairlock_backend_url
+    if not url or not isinstance(_external_backend, FileLockBackend):
+        return _external_backend
+    with _configured_mutex:
+        backend = _configured_backends.get(url)
+        if backend is None:
+            from .etcd.backend import EtcdBackend
+
+            options = _lock_options()
+            backend = EtcdBackend(url, lanes=options["lanes"].names, default_lane=options["lanes"].default,
+                                  max_bypass=options["max_bypass"])
+            _configured_backends[url] = backend
+        return backend
 
 
 def external_lock(
     name: str, lock_file_prefix: str | None = None, lock_path: str | None = None
 ) -> ExternalLock:
     """A new, not yet acquired external lock for ``name`` from the installed backend."""
-    return _external_backend.lock(name, lock_file_prefix, lock_path)
+    return get_external_backend().lock(name, lock_file_prefix, lock_path)
 
 
 def remove_external_lock_file(
@@ -465,7 +496,7 @@ def remove_external_lock_file(
 ) -> None:
     """Remove the external lock of ``name`` (its file) under the internal lock."""
     with internal_lock(name, semaphores=semaphores):
-        _external_backend.remove(name, lock_file_prefix, lock_path)
+        get_external_backend().remove(name, lock_file_prefix, lock_path)
 
 
 def _acquire_external(ext_lock: ExternalLock, blocking: bool, delay: float, deadline: float | None) -> bool:

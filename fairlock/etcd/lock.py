@@ -52,13 +52,14 @@ from .session import LockLost, Session, SessionLost
 from .transport import (
     Compare,
     Delete,
+    EtcdAuthError,
     EtcdError,
+    LeaseNotFound,
     KeyValue,
     Put,
     Range,
     TxnResult,
     Watch,
-    WatchCompacted,
     prefix_end,
 )
 
@@ -96,6 +97,24 @@ def decode_value(kv: KeyValue) -> dict[str, Any]:
 
 def _encode(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+class _WaitState:
+    """What one queued etcd waiter knows: its key and ticket, lanes, watches, last revision seen."""
+
+    def __init__(self, key: bytes, ticket: int, lane: str, revision: int | None) -> None:
+        self.key = key
+        self.ticket = ticket
+        self.lane = lane
+        self.current_lane = lane
+        self.revision = revision
+        self.watches: list[Watch] = []
+
+    def drop_watches(self) -> None:
+        watches, self.watches = self.watches, []
+        self.revision = None  # re-read before watching again
+        for w in watches:
+            w.cancel()
 
 
 @dataclass(frozen=True)
@@ -283,48 +302,26 @@ class EtcdLock:
     def _wait(self, my_key: bytes, ticket: int, lane: str, deadline: float | None) -> bool:
         wakeup = _threading.Event()
         self._wakeup = wakeup
-        watches: list[Watch] = []
-        my_mod = ticket
-        my_lane = lane
+        state = _WaitState(my_key, ticket, lane, ticket)
         try:
-            revision = ticket
             while True:
-                if not watches:
-                    # From the revision we read + 1: a synced watch, no catch-up delay. Then re-check,
-                    # because a grant made before the watch existed may only arrive after etcd's
-                    # ~100 ms catch-up of past revisions.
-                    watches = [
-                        self._transport.watch(my_key, revision + 1, no_put=True, wakeup=wakeup),
-                        self._transport.watch(self._owner_key, revision + 1, no_put=True, wakeup=wakeup),
-                    ]
-                wakeup.clear()
-                state = self._check(my_key, ticket)
-                if state == "granted":
-                    return True
-                if state == "owner-gone":
-                    self._recover()
+                try:
+                    outcome = self._wait_step(state, wakeup, deadline)
+                except (EtcdAuthError, LeaseNotFound):
+                    raise
+                except EtcdError as exc:
+                    # etcd restarting, a member stopping, a broken watch: re-read and carry on
+                    # until our deadline (or until the session is declared lost), never hang.
+                    LOG.warning("fairlock %r: etcd error while waiting (%s); retrying", self.name, exc)
+                    state.drop_watches()
+                    remaining = None if deadline is None else deadline - self._clock()
+                    if remaining is not None and remaining <= 0:
+                        raise
+                    self.session.check()
+                    wakeup.wait(0.2 if remaining is None else min(0.2, remaining))
                     continue
-                self.session.check()
-                want = self._effective_lane(lane)
-                if self.lanes.rank(want) < self.lanes.rank(my_lane):
-                    my_mod = self._raise_lane(my_key, ticket, want, my_mod)
-                    my_lane = want
-                remaining = None if deadline is None else deadline - self._clock()
-                if remaining is not None and remaining <= 0:
-                    return self._cancel(my_key, ticket)
-                wait = RECHECK_INTERVAL if remaining is None else min(remaining, RECHECK_INTERVAL)
-                if wakeup.wait(wait):
-                    try:
-                        for w in watches:
-                            while (event := w.get(0)) is not None:
-                                self._stats["watch_events"] += 1
-                                revision = max(revision, event.kv.mod_revision)
-                    except (WatchCompacted, EtcdError) as exc:
-                        LOG.info("fairlock %r: watch broke (%s); re-reading", self.name, type(exc).__name__)
-                        for w in watches:
-                            w.cancel()
-                        watches = []
-                        revision, _ = self._transport.get_range(my_key)
+                if outcome is not None:
+                    return outcome
         except BaseException:
             if self._token is None:
                 # Leaving without the lock (error, kill, session lost): take our key out of the
@@ -333,8 +330,41 @@ class EtcdLock:
             raise
         finally:
             self._wakeup = None
-            for w in watches:
-                w.cancel()
+            state.drop_watches()
+
+    def _wait_step(self, state: _WaitState, wakeup: Any, deadline: float | None) -> bool | None:
+        """One round: (re)watch, check, maybe recover or raise our lane, then sleep until woken."""
+        if not state.watches:
+            if state.revision is None:
+                state.revision, _ = self._transport.get_range(state.key)
+            # From the revision we read + 1: a synced watch, no catch-up delay. Then re-check,
+            # because a grant made before the watch existed may only arrive after etcd's ~100 ms
+            # catch-up of past revisions.
+            state.watches = [
+                self._transport.watch(state.key, state.revision + 1, no_put=True, wakeup=wakeup),
+                self._transport.watch(self._owner_key, state.revision + 1, no_put=True, wakeup=wakeup),
+            ]
+        wakeup.clear()
+        found = self._check(state.key, state.ticket)
+        if found == "granted":
+            return True
+        if found == "owner-gone":
+            self._recover()
+            return None
+        self.session.check()
+        want = self._effective_lane(state.lane)
+        if self.lanes.rank(want) < self.lanes.rank(state.current_lane):
+            self._raise_lane(state.key, state.ticket, want)
+            state.current_lane = want
+        remaining = None if deadline is None else deadline - self._clock()
+        if remaining is not None and remaining <= 0:
+            return self._cancel(state.key, state.ticket)
+        if wakeup.wait(RECHECK_INTERVAL if remaining is None else min(remaining, RECHECK_INTERVAL)):
+            for w in state.watches:
+                while (event := w.get(0)) is not None:
+                    self._stats["watch_events"] += 1
+                    state.revision = max(state.revision or 0, event.kv.mod_revision)
+        return None
 
     def _check(self, my_key: bytes, ticket: int) -> str:
         """'granted', 'queued' or 'owner-gone', from one read of our key and the owner key."""
@@ -349,12 +379,12 @@ class EtcdLock:
             raise LockLost(f"{self!r}: our waiter key vanished (lease expired or key deleted)")
         return "queued" if owner else "owner-gone"
 
-    def _raise_lane(self, my_key: bytes, ticket: int, want: str, my_mod: int) -> int:
+    def _raise_lane(self, my_key: bytes, ticket: int, want: str) -> None:
         """A higher-lane thread queued locally behind us: move our etcd waiter to its lane."""
         for _ in range(MAX_TXN_RETRIES):
             _, kvs = self._transport.get_range(my_key)
             if not kvs or kvs[0].create_revision != ticket:
-                return my_mod  # granted or gone: the next _check sees it
+                return  # granted or gone: the next _check sees it
             value = decode_value(kvs[0])
             value["lane"] = want
             # Guarded by mod revision: a releaser may be raising our overtaken count right now.
@@ -363,9 +393,8 @@ class EtcdLock:
                 [Put(my_key, _encode(value), lease=self.session.lease_id)],
             )
             if result.succeeded:
-                return result.revision
+                return
             self._stats["txn_retries"] += 1
-        return my_mod
 
     def _cancel(self, my_key: bytes, ticket: int) -> bool:
         """Timed out: delete our own key (only this incarnation of it). True if granted meanwhile."""

@@ -1,0 +1,104 @@
+"""The etcd backend of ``fairlock.lockutils``' ``external=True`` locks (translation only).
+
+oslo.concurrency makes ``external=True`` a file lock: one host only, and unfair. With
+``[oslo_concurrency] fairlock_backend_url = etcd3+http://...`` (or
+``lockutils.set_external_backend(EtcdBackend(url))``) the same calls take a fair
+:class:`~fairlock.etcd.EtcdLock` shared by every host using that etcd and prefix.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from .._core import DEFAULT_MAX_BYPASS
+from ..errors import ArgumentTypeError
+from .lock import EtcdLock
+from .session import Session
+
+__all__ = ["EtcdBackend"]
+
+
+class _ExternalEtcdLock:
+    """oslo's external-lock shape (``acquire(blocking, delay, timeout)``, ``release()``)."""
+
+    def __init__(self, lock: EtcdLock) -> None:
+        self.lock = lock
+
+    def acquire(self, blocking: bool = True, delay: float = 0.01, timeout: float | None = None) -> bool:
+        # ``delay`` is the file lock's polling interval; etcd watches, it never polls.
+        return self.lock.acquire(blocking, -1 if timeout is None or not blocking else timeout)
+
+    def release(self) -> None:
+        self.lock.release()
+
+    @property
+    def fencing_token(self) -> int | None:
+        return self.lock.fencing_token
+
+    def __enter__(self) -> _ExternalEtcdLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<fairlock external lock on etcd {self.lock!r}>"
+
+
+class EtcdBackend:
+    """One :class:`Session` (made on first use) and one :class:`EtcdLock` per lock name."""
+
+    def __init__(self, session: Session | str, *, lanes: Iterable[str] | None = None,
+                 default_lane: str | None = None, max_bypass: int | None = DEFAULT_MAX_BYPASS) -> None:
+        if not isinstance(session, (Session, str)):
+            raise ArgumentTypeError("session must be a fairlock.etcd.Session or an etcd URL")
+        self._session_or_url = session
+        self._session: Session | None = session if isinstance(session, Session) else None
+        self._options: dict[str, Any] = {"lanes": lanes, "default_lane": default_lane, "max_bypass": max_bypass}
+        self._locks: weakref.WeakValueDictionary[str, EtcdLock] = weakref.WeakValueDictionary()
+        self._mutex = threading.Lock()
+
+    @property
+    def session(self) -> Session:
+        with self._mutex:
+            if self._session is None or self._session.lost or self._session.closed:
+                if isinstance(self._session_or_url, Session):
+                    self._session_or_url.check()  # a caller's own session: never replaced
+                # A lost session cannot hold locks again; a new one (a new lease) can.
+                self._session = Session(self._session_or_url)  # type: ignore[arg-type]
+                self._locks = weakref.WeakValueDictionary()
+            return self._session
+
+    @staticmethod
+    def lock_name(name: str, lock_file_prefix: str | None) -> str:
+        """oslo's file name for the lock (prefix + '-' + name), used as the etcd lock name."""
+        if lock_file_prefix:
+            sep = "" if lock_file_prefix.endswith("-") else "-"
+            return f"{lock_file_prefix}{sep}{name}"
+        return name
+
+    def lock(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> _ExternalEtcdLock:
+        full = self.lock_name(name, lock_file_prefix)
+        session = self.session
+        with self._mutex:
+            found = self._locks.get(full)
+            if found is None:
+                found = EtcdLock(full, session, **self._options)
+                self._locks[full] = found
+        return _ExternalEtcdLock(found)
+
+    def remove(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> None:
+        """Nothing to remove: an etcd lock leaves no key behind once released."""
+
+    def close(self) -> None:
+        with self._mutex:
+            session, self._session = self._session, None
+        if session is not None and not isinstance(self._session_or_url, Session):
+            session.close()
+
+    def __repr__(self) -> str:
+        return f"<fairlock.etcd.EtcdBackend {self._session!r}>"
