@@ -55,6 +55,7 @@ from .transport import (
     EtcdAuthError,
     EtcdError,
     LeaseNotFound,
+    TxnOutcomeUnknown,
     KeyValue,
     Put,
     Range,
@@ -282,18 +283,33 @@ class EtcdLock:
         ]
         reads: list[Put | Delete | Range] = [Range(self._owner_key), Range(self._wprefix, self._wend)]
         queue_me = [Put(my_key, _encode({**holder, "overtaken": 0}), lease=session.lease_id)]
-        result = self._transport.txn(
-            nobody,
-            [Put(self._owner_key, _encode({**holder, "waiter": my_key.decode()}), lease=session.lease_id)],
-            reads + (queue_me if blocking else []),
-        )
-        if result.succeeded:
-            self._granted(result.revision)
-            self._stats["uncontended"] += 1
-            return True
-        if not blocking:
-            return False
-        return self._wait(my_key, result.revision, lane, deadline)
+        for _ in range(MAX_TXN_RETRIES):
+            try:
+                result = self._transport.txn(
+                    nobody,
+                    [Put(self._owner_key, _encode({**holder, "waiter": my_key.decode()}), lease=session.lease_id)],
+                    reads + (queue_me if blocking else []),
+                )
+            except TxnOutcomeUnknown:
+                # The connection broke after sending: find out whether we were granted or queued.
+                mine, owner = self._transport.txn([], [Range(my_key), Range(self._owner_key)]).responses
+                if owner and decode_value(owner[0]).get("waiter") == my_key.decode():
+                    self._granted(owner[0].mod_revision)
+                    self._stats["uncontended"] += 1
+                    return True
+                if mine:
+                    return self._wait(my_key, mine[0].create_revision, lane, deadline)
+                if not blocking:
+                    return False
+                continue  # nothing was written: try again
+            if result.succeeded:
+                self._granted(result.revision)
+                self._stats["uncontended"] += 1
+                return True
+            if not blocking:
+                return False
+            return self._wait(my_key, result.revision, lane, deadline)
+        raise EtcdError(f"{self!r}: could not queue after {MAX_TXN_RETRIES} attempts")
 
     def _granted(self, token: int) -> None:
         self._token = token
@@ -388,21 +404,30 @@ class EtcdLock:
             value = decode_value(kvs[0])
             value["lane"] = want
             # Guarded by mod revision: a releaser may be raising our overtaken count right now.
-            result = self._transport.txn(
+            result = self._try_txn(
                 [Compare(my_key, "mod_revision", "=", kvs[0].mod_revision)],
                 [Put(my_key, _encode(value), lease=self.session.lease_id)],
             )
-            if result.succeeded:
+            if result is not None and result.succeeded:
                 return
             self._stats["txn_retries"] += 1
 
     def _cancel(self, my_key: bytes, ticket: int) -> bool:
         """Timed out: delete our own key (only this incarnation of it). True if granted meanwhile."""
-        result = self._transport.txn(
-            [Compare(my_key, "create_revision", "=", ticket)],
-            [Delete(my_key)],
-            [Range(self._owner_key)],
-        )
+        for _ in range(MAX_TXN_RETRIES):
+            result = self._try_txn(
+                [Compare(my_key, "create_revision", "=", ticket)],
+                [Delete(my_key)],
+                [Range(self._owner_key)],
+            )
+            if result is not None:
+                break
+            mine, owner = self._transport.txn([], [Range(my_key), Range(self._owner_key)]).responses
+            if not mine or mine[0].create_revision != ticket:
+                result = TxnResult(False, 0, (owner,))  # deleted: by us, or by a grant
+                break
+        else:
+            raise EtcdError(f"{self!r}: could not leave the queue after {MAX_TXN_RETRIES} attempts")
         if result.succeeded:
             return False
         owner = result.responses[0]
@@ -443,7 +468,10 @@ class EtcdLock:
         return states, by_ticket
 
     def _grant_txn(self, owner_guard: Compare, revision: int, waiter_kvs: Sequence[KeyValue]) -> TxnResult | None:
-        """Write the core's plan for these waiters, guarded by everything it was computed from."""
+        """Write the core's plan for these waiters, guarded by everything it was computed from.
+
+        None when there is nobody to grant to, or when the outcome is unknown (re-read and retry).
+        """
         states, by_ticket = self._waiter_states(waiter_kvs)
         plan = plan_grant(self.lanes, self.max_bypass, states)
         if plan is None:
@@ -470,38 +498,49 @@ class EtcdLock:
             updated = decode_value(kv)
             updated["overtaken"] = count
             success.append(Put(kv.key, _encode(updated), lease=kv.lease))
-        return self._transport.txn(compares, success, [Range(self._owner_key), Range(self._wprefix, self._wend)])
+        return self._try_txn(compares, success, [Range(self._owner_key), Range(self._wprefix, self._wend)])
 
     def _release_remote(self, token: int) -> None:
         ours = Compare(self._owner_key, "mod_revision", "=", token)
-        result = self._transport.txn(
+        free_if_alone = (
             [ours, Compare(self._wprefix, "create_revision", "=", 0, range_end=self._wend)],
             [Delete(self._owner_key)],
             [Range(self._owner_key), Range(self._wprefix, self._wend)],
         )
+        uncertain = False
+        result = self._try_txn(*free_if_alone)
         for _ in range(MAX_TXN_RETRIES):
+            if result is None:
+                # A write of ours may or may not have been applied: read what etcd has now.
+                uncertain = True
+                result = self._transport.txn([], [Range(self._owner_key), Range(self._wprefix, self._wend)])
+                result = TxnResult(False, result.revision, result.responses)
             if result.succeeded:
                 return
             owner, waiters = result.responses
             if not owner or owner[0].mod_revision != token:
+                if uncertain:
+                    return  # our delete or handoff was applied before the connection broke
                 self._stats["lost"] += 1
                 raise LockLost(f"{self!r}: the lock was no longer ours at release (lease expired?)")
             if not waiters:
-                result = self._transport.txn(
-                    [ours, Compare(self._wprefix, "create_revision", "=", 0, range_end=self._wend)],
-                    [Delete(self._owner_key)],
-                    [Range(self._owner_key), Range(self._wprefix, self._wend)],
-                )
+                result = self._try_txn(*free_if_alone)
                 continue
             granted = self._grant_txn(ours, result.revision, waiters)
-            if granted is None:  # pragma: no cover - waiters was non-empty
-                continue
-            if granted.succeeded:
+            if granted is not None and granted.succeeded:
                 self._stats["handoffs_made"] += 1
                 return
             self._stats["txn_retries"] += 1
             result = granted
         raise EtcdError(f"{self!r}: release did not settle after {MAX_TXN_RETRIES} attempts")
+
+    def _try_txn(self, compare: Sequence[Compare], success: Sequence[Put | Delete | Range],
+                 failure: Sequence[Put | Delete | Range] = ()) -> TxnResult | None:
+        """A transaction, or None when the connection broke and it may or may not have applied."""
+        try:
+            return self._transport.txn(compare, success, failure)
+        except TxnOutcomeUnknown:
+            return None
 
     def _recover(self) -> None:
         """The owner key is gone (holder crashed, or left) while waiters exist: grant by the rule."""
@@ -512,11 +551,10 @@ class EtcdLock:
             if owner or not waiters:
                 return
             result = self._grant_txn(absent, revision, waiters)
-            if result is None or result.succeeded:
-                if result is not None:
-                    self._stats["recoveries"] += 1
+            if result is not None and result.succeeded:
+                self._stats["recoveries"] += 1
                 return
-            self._stats["txn_retries"] += 1
+            self._stats["txn_retries"] += 1  # lost a race or outcome unknown: re-read and retry
 
     # -- session notices --------------------------------------------------------------------------
 
