@@ -425,10 +425,8 @@ class EtcdServer:
         for var in [v for v in env if v.startswith("ETCD_")]:
             del env[var]  # a stray ETCD_* in the caller's environment would override our flags
         self._proc = subprocess.Popen(
-            self._command(), stdin=subprocess.DEVNULL, stdout=self._log_file,
-            stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread()
-            else None,
+            _with_parent_death_signal(self._command()), stdin=subprocess.DEVNULL,
+            stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         self._paused = False
         _LIVE.add(self)
@@ -577,15 +575,18 @@ class EtcdServer:
                 self.close()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL etcd if the process (main thread) that started it dies."""
-    try:
-        import ctypes
+def _with_parent_death_signal(cmd: list[str]) -> list[str]:
+    """Prefix ``setpriv --pdeathsig KILL`` (util-linux) so etcd dies if the test process does.
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # not Linux: atexit still stops it on a normal exit
-        pass
+    The kernel sends the signal when the *thread* that forked exits, so only the main thread
+    asks for it. Not a ``preexec_fn``: that forces a plain fork(), which runs at-fork hooks
+    (eventlet warns from one) and is unsafe with threads. Without setpriv, atexit still stops
+    every server on a normal exit.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return cmd
+    return [setpriv, "--pdeathsig", "KILL", "--", *cmd]
 
 
 @atexit.register

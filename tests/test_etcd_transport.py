@@ -604,3 +604,45 @@ def test_server_stop_kill_pause_leave_nothing_behind(etcd_binary: str) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # stopped and reaped
     assert not os.path.exists(base)
+
+
+GREEN_CHILD = r"""
+import eventlet
+eventlet.monkey_patch()
+import os, time
+from fairlock.etcd.gateway import GatewayTransport
+from fairlock.etcd.transport import Put, prefix_end
+p = os.environ["FAIRLOCK_TEST_PREFIX"].encode()
+t = GatewayTransport([os.environ["FAIRLOCK_TEST_ENDPOINT"]], timeout=5)
+rev, _ = t.get_range(p)
+w = t.watch(p, rev + 1, prefix_end(p))
+ticks = []
+def ticker():
+    for _ in range(10):
+        ticks.append(1)
+        eventlet.sleep(0.01)
+tick = eventlet.spawn(ticker)
+waiter = eventlet.spawn(w.get, 5)
+eventlet.sleep(0.15)  # the waiter is parked in get() and the ticker keeps running
+t.txn([], [Put(p + b"a", b"1")])
+event = waiter.wait()
+tick.wait()
+assert event is not None and event.kv.key == p + b"a", event
+assert len(ticks) == 10
+blocked = eventlet.spawn(w.get, None)
+eventlet.sleep(0.05)
+w.cancel()
+assert blocked.wait() is None
+t.close()
+print("green ok")
+"""
+
+
+def test_gateway_under_eventlet_monkey_patching(etcd_server: EtcdServer, etcd_prefix: bytes) -> None:
+    import os
+
+    env = dict(os.environ, FAIRLOCK_TEST_ENDPOINT=etcd_server.endpoint,
+               FAIRLOCK_TEST_PREFIX=etcd_prefix.decode(), PYTHONWARNINGS="ignore")
+    out = subprocess.run([sys.executable, "-c", GREEN_CHILD], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 0 and "green ok" in out.stdout, out.stderr[-3000:]
