@@ -790,8 +790,10 @@ def test_list_opts() -> None:
         "lock_path",
         "fairlock_lanes",
         "fairlock_default_lane",
+        "fairlock_backend_url",
         "fairlock_max_bypass",
     ]
+    assert next(opt for opt in opts if opt.name == "fairlock_backend_url").secret
     oslo_names = [opt.name for _, group_opts in oslo_lockutils_opts() for opt in group_opts]
     assert [opt.name for opt in opts][:2] == oslo_names
 
