@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 __all__ = ["build_parser", "main"]
 
+
 def _add_bench(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from .bench import add_parser
 
