@@ -6,6 +6,9 @@
     etcd3+https://user:secret@etcd1:2379,etcd2:2379/openstack/nova?ca_cert=/etc/ca.pem&cert_cert=/etc/c.pem&cert_key=/etc/c.key
 
 into a frozen :class:`EtcdConfig`. Schemes: ``etcd3+http``, ``etcd3+https``, ``http``, ``https``.
+The schemes ``etcd3+grpc`` and ``etcd3+grpcs`` take the same URL and select the gRPC transport
+instead of the HTTP gateway: only :func:`transport_from_url` (and ``GrpcTransport.from_url``)
+accept them, so code that builds a gateway from a URL refuses them instead of ignoring the choice.
 The host part is a comma-separated list of ``host[:port]`` (port 2379 by default; IPv6 in
 brackets); the path, if any, is the key prefix. Query parameters (each at most once):
 
@@ -32,17 +35,23 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ArgumentTypeError, InvalidArgumentError
 
-__all__ = ["EtcdConfig", "parse_url", "DEFAULT_PORT", "DEFAULT_TIMEOUT", "DEFAULT_CONNECT_TIMEOUT"]
+if TYPE_CHECKING:
+    from .transport import Transport
+
+__all__ = ["EtcdConfig", "parse_url", "parse_transport_url", "transport_from_url", "DEFAULT_PORT",
+           "DEFAULT_TIMEOUT", "DEFAULT_CONNECT_TIMEOUT"]
 
 DEFAULT_PORT = 2379
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 1.0
 
 _SCHEMES = {"etcd3+http": "http", "etcd3+https": "https", "http": "http", "https": "https"}
+_GRPC_SCHEMES = {"etcd3+grpc": "http", "etcd3+grpcs": "https"}
 _PARAMS = ("timeout", "connect_timeout", "request_timeout", "ca_cert", "cert_cert", "cert_key",
            "username", "password", "lease_ttl", "protocol")
 _HOST = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]*))?$")
@@ -108,12 +117,41 @@ def _endpoint(url: str, protocol: str, part: str) -> str:
 
 def parse_url(url: str) -> EtcdConfig:
     """Parse an ``etcd3+http(s)://`` (or ``http(s)://``) URL into an :class:`EtcdConfig`."""
+    return _parse(url, _SCHEMES)
+
+
+def parse_transport_url(url: str) -> tuple[str, EtcdConfig]:
+    """``("grpc", config)`` for an ``etcd3+grpc(s)://`` URL, else ``("gateway", parse_url(url))``."""
+    if isinstance(url, str) and url.partition("://")[0].lower() in _GRPC_SCHEMES:
+        return "grpc", _parse(url, _GRPC_SCHEMES)
+    return "gateway", parse_url(url)
+
+
+def transport_from_url(url: str, **kwargs: Any) -> Transport:
+    """The transport a URL selects: ``GrpcTransport`` for ``etcd3+grpc(s)://``, else the gateway.
+
+    The transport's ``config`` keeps the URL's ``prefix`` and ``lease_ttl`` for the session.
+    """
+    kind, config = parse_transport_url(url)
+    if kind == "grpc":
+        from .grpc import GrpcTransport
+
+        return GrpcTransport.from_config(config, **kwargs)
+    from .gateway import GatewayTransport
+
+    return GatewayTransport.from_config(config, **kwargs)
+
+
+def _parse(url: str, schemes: dict[str, str]) -> EtcdConfig:
     if not isinstance(url, str):
         raise ArgumentTypeError(f"etcd URL must be a str, got {type(url).__name__}")
     scheme, sep, rest = url.partition("://")
-    protocol = _SCHEMES.get(scheme.lower())
+    protocol = schemes.get(scheme.lower())
+    if sep and scheme.lower() in _GRPC_SCHEMES and protocol is None:
+        raise _fail(url, "etcd3+grpc(s):// selects the gRPC transport: build it with "
+                         "fairlock.etcd.config.transport_from_url(url)")
     if not sep or protocol is None:
-        raise _fail(url, f"scheme must be one of {', '.join(_SCHEMES)}")
+        raise _fail(url, f"scheme must be one of {', '.join(schemes)}")
     if any(c.isspace() for c in url):
         raise _fail(url, "contains whitespace")
     try:  # hosts may be a list, so never ask urlsplit for a port
@@ -168,7 +206,7 @@ def parse_url(url: str) -> EtcdConfig:
         if value is not None and not value:
             raise _fail(url, f"{name} is empty")
         if value is not None and protocol != "https":
-            raise _fail(url, f"{name} needs an https URL (etcd3+https://...)")
+            raise _fail(url, f"{name} needs an https URL (etcd3+https:// or etcd3+grpcs://)")
     if (tls["cert_cert"] is None) != (tls["cert_key"] is None):
         raise _fail(url, "cert_cert and cert_key go together")
 
