@@ -44,6 +44,8 @@ __all__ = ["Lock", "check_timeout", "check_name"]
 
 LOG = logging.getLogger("fairlock.local")
 
+_DEFAULT_LANES = Lanes()
+
 
 def check_name(name: object, *, allow_none: bool = True) -> str | None:
     """Lock names are non-empty strings (None for an anonymous lock where allowed)."""
@@ -183,8 +185,10 @@ class Lock:
         if isinstance(lanes, Lanes):
             if default_lane is not None and default_lane != lanes.default:
                 lanes = Lanes(lanes.names, default_lane)
+        elif lanes is None and default_lane is None:
+            lanes = _DEFAULT_LANES  # immutable, shared: saves building it for every named lock
         else:
-            lanes = Lanes(lanes if lanes is not None else Lanes().names, default_lane)
+            lanes = Lanes(lanes if lanes is not None else _DEFAULT_LANES.names, default_lane)
         if not isinstance(reentrant, bool):
             raise ArgumentTypeError("reentrant must be a bool")
         if not callable(clock):

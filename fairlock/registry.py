@@ -9,13 +9,30 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from .local import Lock, acquire_or_raise, check_name
 
 __all__ = ["LockRegistry", "get_lock", "lock", "default_registry"]
+
+
+class _Held:
+    """The context manager of ``registry.lock(name)``: a class, not a generator (half the cost)."""
+
+    __slots__ = ("lock", "_lane", "_timeout", "_blocking")
+
+    def __init__(self, lock: Lock, lane: str | None, timeout: float | None, blocking: bool) -> None:
+        self.lock = lock
+        self._lane = lane
+        self._timeout = timeout
+        self._blocking = blocking
+
+    def __enter__(self) -> Lock:
+        acquire_or_raise(self.lock, self._blocking, self._timeout, self._lane)
+        return self.lock
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 
 class LockRegistry:
@@ -26,8 +43,10 @@ class LockRegistry:
     """
 
     def __init__(self, **lock_options: Any) -> None:
-        Lock(None, **lock_options)  # validate the options now, not at the first use
-        self._options = lock_options
+        probe = Lock(None, **lock_options)  # validate the options now, not at the first use
+        # Build the lanes once; every lock of this registry shares the immutable object.
+        self._options = {**lock_options, "lanes": probe.lanes}
+        self._options.pop("default_lane", None)
         self._locks: weakref.WeakValueDictionary[str, Lock] = weakref.WeakValueDictionary()
         # Plain threading.Lock looked up now; it guards a dict lookup and never blocks for long.
         self._mutex = threading.Lock()
@@ -42,17 +61,11 @@ class LockRegistry:
                 self._locks[name] = found
             return found
 
-    @contextmanager
     def lock(
         self, name: str, *, lane: str | None = None, timeout: float | None = None, blocking: bool = True
-    ) -> Iterator[Lock]:
+    ) -> _Held:
         """``with registry.lock(name):`` -- raises :class:`~fairlock.AcquireTimeout` if not taken."""
-        found = self.get(name)
-        acquire_or_raise(found, blocking, timeout, lane)
-        try:
-            yield found
-        finally:
-            found.release()
+        return _Held(self.get(name), lane, timeout, blocking)
 
     def names(self) -> list[str]:
         with self._mutex:
