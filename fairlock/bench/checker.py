@@ -1,0 +1,184 @@
+"""The fencing checker: what a run's grant records must satisfy, decided from the records alone.
+
+A *grant record* is what a worker writes after each critical section: the fencing token it was
+given, who held the lock, the lane it asked in, when it asked, when its critical section started
+and ended (one clock shared by every worker: ``time.monotonic_ns()`` on one host), and, when the
+lock can tell, the *ticket* (etcd's revision at which the request was queued). Rules:
+
+1. Mutual exclusion: no two critical sections overlap in time.
+2. Fencing: tokens strictly increase in grant order (a token missing counts as a violation).
+3. FIFO within a lane: a request is never overtaken by a later request of its own lane.
+4. Bounded bypass: a request is overtaken (by later requests of any lane) at most K times.
+
+"Later" is by ticket when every record has one (etcd's own order: exact), else by request time
+(the moment the worker called acquire: close requests may reach the lock in either order, so a
+FIFO lock can show a few inversions of requests made a network round trip apart).
+
+This module is pure: no I/O besides :func:`load`, no clock, no threads. It only judges; it knows
+nothing about etcd or the lock, so a fault-injection suite can feed it any run's records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["Grant", "Violation", "Report", "check", "overtaken_counts", "load", "dump_line"]
+
+Order = Literal["auto", "ticket", "request"]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One critical section, as its worker recorded it (times in ns on one shared clock)."""
+
+    fencing_token: int | None
+    holder: str
+    lane: str
+    request: int
+    start: int
+    end: int
+    ticket: int | None = None
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: Literal["overlap", "token", "fifo", "bypass"]
+    detail: str
+
+
+@dataclass(frozen=True)
+class Report:
+    grants: int
+    order: str  # "ticket" or "request": what "later request" meant
+    overlaps: int
+    token_regressions: int
+    fifo_violations: int  # requests overtaken at least once by a later request of their lane
+    max_overtaken: int  # the most times one request was overtaken (any lane)
+    max_bypass: int | None
+    violations: tuple[Violation, ...] = field(default_factory=tuple)  # the first few, for messages
+
+    @property
+    def ok(self) -> bool:
+        return not (self.overlaps or self.token_regressions or self.fifo_violations
+                    or (self.max_bypass is not None and self.max_overtaken > self.max_bypass))
+
+    def summary(self) -> str:
+        verdict = "clean" if self.ok else "VIOLATIONS"
+        bound = "" if self.max_bypass is None else f" (K={self.max_bypass})"
+        return (f"{verdict}: {self.grants} grants, {self.overlaps} overlaps, "
+                f"{self.token_regressions} token regressions, {self.fifo_violations} FIFO "
+                f"violations, max overtaken {self.max_overtaken}{bound}, order by {self.order}")
+
+
+class _Fenwick:
+    """Counts of inserted ranks; ``above(r)`` = how many inserted ranks are > r."""
+
+    def __init__(self, size: int) -> None:
+        self._tree = [0] * (size + 1)
+        self._total = 0
+
+    def add(self, rank: int) -> None:
+        self._total += 1
+        i = rank + 1
+        while i < len(self._tree):
+            self._tree[i] += 1
+            i += i & -i
+
+    def above(self, rank: int) -> int:
+        i, upto = rank + 1, 0
+        while i > 0:
+            upto += self._tree[i]
+            i -= i & -i
+        return self._total - upto
+
+
+def _order_of(records: Sequence[Grant], order: Order) -> str:
+    if order == "auto":
+        return "ticket" if records and all(r.ticket is not None for r in records) else "request"
+    if order == "ticket" and any(r.ticket is None for r in records):
+        raise ValueError("order='ticket' but some records have no ticket")
+    return order
+
+
+def overtaken_counts(records: Sequence[Grant], order: Order = "auto",
+                     same_lane: bool = False) -> list[int]:
+    """For each record (in grant order): how many later requests were granted before it.
+
+    ``same_lane``: count only later requests of the record's own lane (a FIFO violation each).
+    O(n log n): records in grant order, a Fenwick tree over request ranks.
+    """
+    by = _order_of(records, order)
+    granted = sorted(records, key=lambda r: r.start)
+    keys = [(r.ticket if by == "ticket" else r.request, r.request, r.holder) for r in granted]
+    rank = {k: i for i, k in enumerate(sorted(set(keys)))}
+    # Overtaken(A) = later requests granted before A = records B with key(B) > key(A) and
+    # start(B) < start(A): insert in grant order, ask how many inserted so far rank above A.
+    trees: dict[str, _Fenwick] = {}
+    counts = []
+    for r, k in zip(granted, keys):
+        tree = trees.setdefault(r.lane if same_lane else "", _Fenwick(len(rank)))
+        counts.append(tree.above(rank[k]))
+        tree.add(rank[k])
+    return counts
+
+
+def check(records: Iterable[Grant], *, max_bypass: int | None, order: Order = "auto",
+          fencing: bool = True, keep: int = 5) -> Report:
+    """Judge a run. ``fencing=False`` skips rule 2 (for locks that hand out no tokens)."""
+    grants = sorted(records, key=lambda r: (r.start, r.end))
+    violations: list[Violation] = []
+    overlaps = regressions = 0
+    latest: Grant | None = None  # the section that ends last among those started so far
+    previous: Grant | None = None
+    for g in grants:
+        if latest is not None and g.start < latest.end:
+            overlaps += 1
+            if len(violations) < keep:
+                violations.append(Violation("overlap", f"{g.holder} started at {g.start} before "
+                                            f"{latest.holder} ended at {latest.end}"))
+        if fencing and previous is not None:
+            if g.fencing_token is None or previous.fencing_token is None or \
+                    g.fencing_token <= previous.fencing_token:
+                regressions += 1
+                if len(violations) < keep:
+                    violations.append(Violation("token", f"{g.holder} got token {g.fencing_token} "
+                                                f"after {previous.holder}'s {previous.fencing_token}"))
+        if latest is None or g.end > latest.end:
+            latest = g
+        previous = g
+    by = _order_of(grants, order)
+    fifo = overtaken_counts(grants, by, same_lane=True)
+    anyone = overtaken_counts(grants, by)
+    for g, n in zip(grants, fifo):
+        if n and len(violations) < keep:
+            violations.append(Violation("fifo", f"{g.holder} (lane {g.lane}) was overtaken {n} "
+                                        f"times by later requests of its own lane"))
+    most = max(anyone, default=0)
+    if max_bypass is not None and most > max_bypass and len(violations) < keep:
+        violations.append(Violation("bypass", f"a request was overtaken {most} times (K={max_bypass})"))
+    return Report(grants=len(grants), order=by, overlaps=overlaps, token_regressions=regressions,
+                  fifo_violations=sum(1 for n in fifo if n), max_overtaken=most,
+                  max_bypass=max_bypass, violations=tuple(violations))
+
+
+def dump_line(grant: Grant) -> str:
+    """One record as a JSON line (what a worker appends to its log)."""
+    return json.dumps(asdict(grant), separators=(",", ":")) + "\n"
+
+
+def load(paths: Iterable[str | Path]) -> list[Grant]:
+    """Every record of these logs; a torn last line (a worker killed mid-write) is skipped."""
+    out = []
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    raw: dict[str, Any] = json.loads(line)
+                except ValueError:
+                    continue
+                out.append(Grant(**raw))
+    return out
