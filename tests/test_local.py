@@ -400,7 +400,7 @@ def test_infinite_and_huge_timeouts_wait_until_granted() -> None:
     for timeout in (math.inf, 1e300, None, -1):
         assert lock.acquire()
         result = []
-        t = start(lambda timeout=timeout: result.append(lock.acquire(timeout=timeout)) or lock.release())
+        t = start(lambda timeout=timeout, result=result: result.append(lock.acquire(timeout=timeout)) or lock.release())
         wait_for(lambda: lock.statistics().waiting == 1)
         lock.release()
         t.join(10)

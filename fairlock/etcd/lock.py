@@ -46,9 +46,9 @@ import threading as _threading
 
 from .._core import DEFAULT_MAX_BYPASS, Lanes, WaiterState, check_max_bypass, plan_grant
 from ..context import resolve_lane
-from ..errors import ArgumentTypeError, InvalidArgumentError, NotHeldError, NotOwnerError
+from ..errors import ArgumentTypeError, NotHeldError, NotOwnerError
 from ..local import Lock, check_name, check_timeout
-from .session import LockLost, Session, SessionLost
+from .session import LockLost, Session
 from .transport import (
     Compare,
     Delete,
