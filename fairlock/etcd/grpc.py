@@ -729,11 +729,18 @@ class _WatchStream:
             self._requests.put(request)  # under the lock: queue order is answer order
 
     def cancel(self, watch: _GrpcWatch) -> None:
+        """Stop delivering to ``watch``; a create still unanswered is cancelled on its answer.
+
+        Looked up by identity under the stream's lock, not by ``watch.watch_id``: the reader may
+        have registered the watch without having set its id yet (a create that times out then).
+        """
         with self._lock:
-            watch_id = watch.watch_id
-            if watch_id is not None and self._watches.pop(watch_id, None) is watch and self.alive:
-                self._requests.put(etcdrpc.WatchRequest(
-                    cancel_request=etcdrpc.WatchCancelRequest(watch_id=watch_id)))
+            watch.abandoned = True
+            for watch_id in [i for i, w in self._watches.items() if w is watch]:
+                del self._watches[watch_id]
+                if self.alive:
+                    self._requests.put(etcdrpc.WatchRequest(
+                        cancel_request=etcdrpc.WatchCancelRequest(watch_id=watch_id)))
             close = self._retiring and not self._watches and not self._pending
         if close:
             self.close(None)
@@ -829,7 +836,7 @@ class _GrpcWatch(Watch):
         self.endpoint = stream.url
         self.start_revision = start_revision
         self.watch_id: int | None = None
-        self.abandoned = False
+        self.abandoned = False  # read and written under the stream's lock
         self._stream = stream
         self._wakeup = wakeup
         self._cond = threading.Condition(threading.Lock())
@@ -869,7 +876,6 @@ class _GrpcWatch(Watch):
             if self._cancelled:
                 return
             self._cancelled = True
-            self.abandoned = True
             self._cond.notify_all()
         self._stream.cancel(self)
 
@@ -888,10 +894,10 @@ class _GrpcWatch(Watch):
             if self._error is not None:
                 raise _TryNext(getattr(self._error, "reason", str(self._error)),
                                maybe_applied=False)
-            if self.watch_id is None:
-                self.abandoned = True  # the stream cancels it if etcd confirms it later
-                raise _TryNext(f"watch not confirmed within {timeout:g} s", maybe_applied=False)
-        return self
+            if self.watch_id is not None:
+                return self
+        self._stream.cancel(self)  # if etcd confirms it later, the stream cancels it
+        raise _TryNext(f"watch not confirmed within {timeout:.2g} s", maybe_applied=False)
 
     def _created(self, watch_id: int) -> None:
         with self._cond:
