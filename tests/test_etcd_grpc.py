@@ -27,6 +27,7 @@ from fairlock.etcd.config import parse_transport_url, parse_url, transport_from_
 from fairlock.etcd.gateway import GatewayTransport
 from fairlock.etcd.grpc import EventletNotSupported, GrpcTransport
 from fairlock.etcd.transport import (
+    Delete,
     EtcdAuthError,
     EtcdUnavailable,
     Put,
@@ -59,6 +60,33 @@ def transport(etcd_server: EtcdServer) -> Iterator[Transport]:
     t = GrpcTransport([etcd_server.endpoint], timeout=5.0)
     yield t
     t.close()
+
+
+def test_concurrent_watches_share_one_stream_and_each_gets_its_own_events(
+        transport: GrpcTransport, p: bytes) -> None:  # noqa: F811
+    rev, _ = transport.get_range(p)
+    watches: dict[int, Any] = {}
+
+    def create(i: int) -> None:
+        watches[i] = transport.watch(p + b"%02d" % i, rev + 1, no_put=i % 2 == 1)
+
+    threads = [start(lambda i=i: create(i)) for i in range(20)]
+    for t in threads:
+        t.join(EVENT_WAIT)
+    assert sorted(watches) == list(range(20))
+    assert len({w._stream for w in watches.values()}) == 1  # one multiplexed stream
+    try:
+        for i in range(20):
+            transport.txn([], [Put(p + b"%02d" % i, b"v")])
+            transport.txn([], [Delete(p + b"%02d" % i)])
+        for i, watch in watches.items():
+            got = [watch.get(EVENT_WAIT) for _ in range(1 if i % 2 else 2)]
+            assert [(e.type, e.kv.key) for e in got if e] == (
+                [("PUT", p + b"%02d" % i)] if i % 2 == 0 else []) + [("DELETE", p + b"%02d" % i)]
+            assert watch.get(0) is None
+    finally:
+        for watch in watches.values():
+            watch.cancel()
 
 
 # --- eventlet --------------------------------------------------------------------------------------
