@@ -55,6 +55,7 @@ from tooz import coordination, locking, utils
 
 from ._core import DEFAULT_MAX_BYPASS, Lanes, check_max_bypass
 from .errors import DeadlockError, FairlockError, InvalidArgumentError
+from .local import check_timeout
 from .etcd.config import EtcdConfig, parse_url
 from .etcd.gateway import GatewayTransport
 from .etcd.lock import EtcdLock, lock_keys
@@ -173,8 +174,10 @@ class FairlockToozLock(locking.Lock):
         blocking, timeout = utils.convert_blocking(blocking, timeout)
         if not blocking:
             timeout = None  # tooz ignores a timeout for a non-blocking try
-        elif timeout is not None and timeout < 0:
-            timeout = 0.0  # tooz's retry loop stops after one try for a negative delay
+        elif timeout is not None:
+            if timeout < 0:
+                timeout = 0.0  # tooz's retry loop stops after one try for a negative delay
+            timeout = check_timeout(True, timeout)  # NaN is an error; inf means forever
         deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in range(_SESSION_RENEWALS + 1):
             etcd_lock = self._coord._etcd_lock(self._lock_name)
@@ -183,9 +186,11 @@ class FairlockToozLock(locking.Lock):
                 with _translated(f"acquire of tooz lock {self._lock_name!r}"):
                     try:
                         got = etcd_lock.acquire(bool(blocking), remaining if blocking else -1, lane)
-                    except (SessionLost, LeaseNotFound):
-                        # The session died under us (we are not holding anything): tooz's
-                        # caller asked to wait, so wait on a new session, with the time left.
+                    except (SessionLost, LeaseNotFound, LockLost):
+                        # The session died under us (its lease, and with it our waiter key,
+                        # is gone; we hold nothing): tooz's caller asked to wait, so wait again
+                        # on a new session, with the time left. A waiter key deleted by
+                        # someone else while the lease lives is an error.
                         if (not self._coord._session_failed(etcd_lock.session) or not blocking
                                 or attempt == _SESSION_RENEWALS):
                             raise
@@ -354,9 +359,9 @@ class FairlockDriver(coordination.CoordinationDriverCachedRunWatchers,
       the lease TTL) loses them, and then the loss is reported.
     * LINEARIZABLE, and therefore SEQUENTIAL, CAUSAL and SERIALIZABLE: every decision is an etcd
       transaction and every read is a linearizable (quorum) read; nothing is served from a cache.
-    * SAME_VIEW_UNDER_PARTITIONS and SAME_VIEW_ACROSS_CLIENTS: a member cut off from the quorum
-      refuses reads and writes instead of answering from stale data, so every answer any client
-      gets reflects every write acknowledged before it.
+    * Not SAME_VIEW_UNDER_PARTITIONS nor SAME_VIEW_ACROSS_CLIENTS: a holder cut off from etcd
+      believes it holds the lock until its session gives up (up to the lease TTL), while etcd
+      may already have granted it to another client -- the window fencing tokens close.
     """
 
     CHARACTERISTICS = (
@@ -368,8 +373,6 @@ class FairlockDriver(coordination.CoordinationDriverCachedRunWatchers,
         coordination.Characteristics.SEQUENTIAL,
         coordination.Characteristics.CAUSAL,
         coordination.Characteristics.SERIALIZABLE,
-        coordination.Characteristics.SAME_VIEW_UNDER_PARTITIONS,
-        coordination.Characteristics.SAME_VIEW_ACROSS_CLIENTS,
     )
 
     def __init__(self, member_id: bytes, parsed_url: Any, options: dict[str, Any]) -> None:
