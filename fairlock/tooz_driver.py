@@ -58,7 +58,7 @@ from .errors import DeadlockError, FairlockError, InvalidArgumentError
 from .local import check_timeout
 from .etcd.config import EtcdConfig, parse_url
 from .etcd.gateway import GatewayTransport
-from .etcd.lock import EtcdLock, lock_keys
+from .etcd.lock import EtcdLock, EtcdLockStatistics, lock_keys
 from .etcd.session import DEFAULT_PREFIX, LockLost, Session, SessionLost
 from .etcd.transport import (
     Compare,
@@ -142,7 +142,7 @@ class FairlockToozLock(locking.Lock):
     passes arguments. ``release()`` returns False when this object does not hold the lock.
 
     Extras: ``fencing_token`` (strictly increasing over all grants of the name; None when not
-    held), ``is_still_owner()`` (reads etcd), ``lost_reason``.
+    held), ``is_still_owner()`` (reads etcd), ``lost_reason``, ``statistics()``.
     """
 
     def __init__(self, coordinator: FairlockDriver, name: bytes | str) -> None:
@@ -162,6 +162,7 @@ class FairlockToozLock(locking.Lock):
         # has its state cleared by us.
         self._holder: int | None = None
         self._held_on: EtcdLock | None = None
+        self._last: EtcdLock | None = None  # keeps the shared EtcdLock (and its statistics) alive
         self._lost: str | None = None
         self._generation = 0  # one per grant: a heartbeat's owner check ignores a newer grant
 
@@ -180,7 +181,7 @@ class FairlockToozLock(locking.Lock):
             timeout = check_timeout(True, timeout)  # NaN is an error; inf means forever
         deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in range(_SESSION_RENEWALS + 1):
-            etcd_lock = self._coord._etcd_lock(self._lock_name)
+            etcd_lock = self._last = self._coord._etcd_lock(self._lock_name)
             remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 with _translated(f"acquire of tooz lock {self._lock_name!r}"):
@@ -288,6 +289,13 @@ class FairlockToozLock(locking.Lock):
         if self._holder is None or etcd_lock is None or self._lost is not None:
             return None
         return etcd_lock.fencing_token
+
+    def statistics(self) -> EtcdLockStatistics:
+        """This process's figures for the lock name (grants, handoffs, watch events, waits per lane)."""
+        etcd_lock = self._last
+        if etcd_lock is None or etcd_lock.session is not self._coord._session:
+            etcd_lock = self._last = self._coord._etcd_lock(self._lock_name)
+        return etcd_lock.statistics()
 
     @property
     def lost_reason(self) -> str | None:

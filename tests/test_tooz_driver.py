@@ -210,6 +210,7 @@ def test_fencing_tokens_increase_across_coordinators(coordinators: Any) -> None:
         assert lock.release()
         assert lock.fencing_token is None
     assert tokens == sorted(set(tokens)) and None not in tokens
+    assert lock.statistics().acquisitions == 1 and lock.statistics().name == "fenced"
 
 
 # -- tooz's acquire and release contract ----------------------------------------------------------
