@@ -233,11 +233,14 @@ def _soak(args: argparse.Namespace, endpoint: str) -> int:
         rows=[[str(report.grants), f"{report.grants / max(info['seconds'], 1e-9):.1f}",
                str(report.overlaps), str(report.token_regressions), str(report.fifo_violations),
                str(report.max_overtaken), "clean" if report.ok else "VIOLATIONS"]],
-        notes=[f"order by {report.order}; logs: {', '.join(str(p) for p in logs)}"]
+        notes=[f"order by {report.order}; logs: "
+               + (", ".join(str(p) for p in logs) if args.log_dir else "deleted (keep them with --log-dir)")]
               + [f"violation: {v.kind}: {v.detail}" for v in report.violations]
               + [f"worker error: {e}" for e in info["errors"]],
     )
-    print(_command_line(args) + (f" --soak {args.soak:g}" if args.soak else f" --grants {args.grants}"))
+    command = ["python -m fairlock bench etcd", f"--soak {args.soak:g}" if args.soak else f"--grants {args.grants}",
+               f"--processes {processes}", f"--sessions {args.sessions}", f"--max-bypass {args.max_bypass}"]
+    print(" ".join(command) + f": took {info['seconds']:.0f} s")
     print()
     print(table.render())
     if args.log_dir is None:
