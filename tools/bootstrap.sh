@@ -44,7 +44,7 @@ _stamp="$VENV/.fairlock-deps"
 _want="$(cat "$FAIRLOCK_ROOT/setup.cfg" "$FAIRLOCK_ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ "$(cat "$_stamp" 2>/dev/null || true)" != "$_want" ]; then
     "$PY" -m pip install -q --upgrade pip >/dev/null
-    "$PY" -m pip install -q -e "$FAIRLOCK_ROOT[test,plot]"
+    "$PY" -m pip install -q -e "$FAIRLOCK_ROOT[test,plot,bench]"
     echo "$_want" > "$_stamp"
 fi
 export PATH="$VENV/bin:$PATH"
