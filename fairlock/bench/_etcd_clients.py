@@ -158,22 +158,15 @@ class _Etcd3:
         self._mutex = threading.Lock()
         original = self.client.add_watch_callback
 
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            args = list(args)  # type: ignore[assignment]
-            callback = args[1] if len(args) > 1 else kwargs["callback"]
-
+        def counting(key: Any, callback: Any, *args: Any, **kwargs: Any) -> Any:
             def wrapped(response: Any) -> Any:
-                events = getattr(response, "events", None)
+                events = getattr(response, "events", None)  # an exception when the watch broke
                 if events:
                     with self._mutex:
                         self._events += len(events)
                 return callback(response)
 
-            if len(args) > 1:
-                args[1] = wrapped  # type: ignore[index]
-            else:
-                kwargs["callback"] = wrapped
-            return original(*args, **kwargs)
+            return original(key, wrapped, *args, **kwargs)
 
         self.client.add_watch_callback = counting
         self.lock = self.client.lock(name, ttl=ANCHOR_TTL)
