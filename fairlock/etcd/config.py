@@ -130,7 +130,7 @@ def parse_transport_url(url: str) -> tuple[str, EtcdConfig]:
 def transport_from_url(url: str, **kwargs: Any) -> Transport:
     """The transport a URL selects: ``GrpcTransport`` for ``etcd3+grpc(s)://``, else the gateway.
 
-    The transport's ``config`` keeps the URL's ``prefix`` and ``lease_ttl`` for the session.
+    The URL's ``prefix`` and ``lease_ttl`` are the session's: ``parse_transport_url(url)[1]``.
     """
     kind, config = parse_transport_url(url)
     if kind == "grpc":
