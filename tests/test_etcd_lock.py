@@ -334,3 +334,26 @@ def test_crashed_holder_is_freed_within_ttl(sessions: Sessions, etcd_server: Any
         proc.kill()
         proc.wait()
     assert sessions.keys() == []
+
+
+def test_close_racing_a_keepalive_is_not_a_loss(sessions: Sessions) -> None:
+    """close() revokes the lease; a keepalive in flight then finds it gone: not a lost session."""
+    lost: list[str] = []
+    session = sessions.new(on_lost=lambda s, reason: lost.append(reason))
+    real = session.transport.lease_keepalive
+    entered, proceed = threading.Event(), threading.Event()
+
+    def slow_keepalive(lease_id: int) -> int:
+        entered.set()
+        proceed.wait(10)
+        return real(lease_id)
+
+    session.transport.lease_keepalive = slow_keepalive  # type: ignore[method-assign]
+    caller = start(lambda: _capture([], session.keepalive_once))
+    assert entered.wait(10)
+    closer = start(session.close)
+    wait_for(lambda: session.closed, what="close() to begin")
+    proceed.set()
+    caller.join(10)
+    closer.join(30)
+    assert lost == [] and not session.lost

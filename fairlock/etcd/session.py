@@ -133,12 +133,18 @@ class Session:
         try:
             remaining = self.transport.lease_keepalive(self.lease_id)
         except LeaseNotFound:
-            self._mark_lost("the lease expired")
+            self._lease_gone()
             raise
         if remaining <= 0:
-            self._mark_lost("the lease expired")
+            self._lease_gone()
             raise LeaseNotFound(f"lease {self.lease_id:x} expired")
         return remaining
+
+    def _lease_gone(self) -> None:
+        # close() revokes the lease itself; a keepalive that was in flight then finds it gone,
+        # which is the orderly end of the session, not a loss.
+        if not self._closed.is_set():
+            self._mark_lost("the lease expired")
 
     def _keep_alive(self) -> None:
         interval = self.ttl / 3.0
@@ -152,6 +158,8 @@ class Session:
             except LeaseNotFound:
                 return
             except EtcdError as exc:
+                if self._closed.is_set():
+                    return
                 silent_for = self._clock() - last_ok
                 LOG.warning("fairlock session %x: keepalive failed (%s); %.1fs since the last refresh",
                             self.lease_id, type(exc).__name__, silent_for)
