@@ -40,7 +40,6 @@ from fairlock.testing import EtcdServer, enable_auth, free_port, make_ca
 from . import test_etcd_lock as lock_tests
 from . import test_etcd_transport as contract
 from .kinds import start, wait_for
-from .test_etcd_transport import p  # noqa: F401 - the contract's key prefix fixture
 
 EVENT_WAIT = contract.EVENT_WAIT
 
@@ -56,6 +55,12 @@ globals().update(CONTRACT)
 
 
 @pytest.fixture
+def p(etcd_prefix: bytes) -> bytes:
+    """The key prefix the contract tests use (as in test_etcd_transport.py)."""
+    return etcd_prefix
+
+
+@pytest.fixture
 def transport(etcd_server: EtcdServer) -> Iterator[Transport]:
     t = GrpcTransport([etcd_server.endpoint], timeout=5.0)
     yield t
@@ -63,7 +68,7 @@ def transport(etcd_server: EtcdServer) -> Iterator[Transport]:
 
 
 def test_concurrent_watches_share_one_stream_and_each_gets_its_own_events(
-        transport: GrpcTransport, p: bytes) -> None:  # noqa: F811
+        transport: GrpcTransport, p: bytes) -> None:
     rev, _ = transport.get_range(p)
     watches: dict[int, Any] = {}
 
@@ -136,7 +141,7 @@ def test_eventlet_not_supported_is_an_etcd_error() -> None:
 # --- URLs ------------------------------------------------------------------------------------------
 
 
-def test_grpc_urls_select_the_grpc_transport(etcd_server: EtcdServer, p: bytes) -> None:  # noqa: F811
+def test_grpc_urls_select_the_grpc_transport(etcd_server: EtcdServer, p: bytes) -> None:
     kind, config = parse_transport_url("etcd3+grpcs://u:sekrit@h1,h2:1/nova?ca_cert=/ca.pem")
     assert kind == "grpc" and config.protocol == "https" and config.prefix == "/nova"
     assert config.endpoints == ("https://h1:2379", "https://h2:1") and config.password == "sekrit"
@@ -224,7 +229,7 @@ def test_all_endpoints_down_raises_unavailable_within_the_timeout(hung_endpoint:
 
 def test_a_write_fails_over_from_a_member_it_never_reached(etcd_server: EtcdServer,
                                                            hung_endpoint: str,
-                                                           p: bytes) -> None:  # noqa: F811
+                                                           p: bytes) -> None:
     t = GrpcTransport([hung_endpoint, etcd_server.endpoint], timeout=4, connect_timeout=0.3)
     try:
         assert t.txn([], [Put(p + b"w", b"1")]).succeeded  # gRPC never connected: not sent
