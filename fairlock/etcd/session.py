@@ -58,11 +58,10 @@ class Session:
     ) -> None:
         owns_transport = False
         if isinstance(transport, str):
-            from .config import parse_url
-            from .gateway import GatewayTransport
+            from .config import parse_transport_url, transport_from_url
 
-            config = parse_url(transport)
-            transport = GatewayTransport.from_config(config)
+            _, config = parse_transport_url(transport)
+            transport = transport_from_url(transport)  # etcd3+grpc:// selects gRPC, else the gateway
             owns_transport = True
             ttl = ttl if ttl is not None else config.lease_ttl
             prefix = prefix if prefix is not None else config.prefix
