@@ -94,7 +94,7 @@ def test_concurrent_watches_share_one_stream_and_each_gets_its_own_events(
             watch.cancel()
 
 
-# --- eventlet --------------------------------------------------------------------------------------
+# --- eventlet ------------------------------------------------------------------------------------
 
 GREEN_CHILD = r"""
 import eventlet
@@ -138,7 +138,7 @@ def test_eventlet_not_supported_is_an_etcd_error() -> None:
     assert issubclass(EventletNotSupported, EtcdError)
 
 
-# --- URLs ------------------------------------------------------------------------------------------
+# --- URLs ----------------------------------------------------------------------------------------
 
 
 def test_grpc_urls_select_the_grpc_transport(etcd_server: EtcdServer, p: bytes) -> None:
@@ -372,7 +372,7 @@ def test_watch_outside_the_users_permissions(etcd_binary: str) -> None:
 
 
 class GrpcSessions(lock_tests.Sessions):
-    """The lock tests' sessions, each on its own GrpcTransport (checks still read via the gateway)."""
+    """The lock tests' sessions, each on its own GrpcTransport (checks read via the gateway)."""
 
     def new(self, ttl: int = 10, **kwargs: Any) -> Session:
         session = Session(GrpcTransport([self.server.endpoint], timeout=10.0), ttl=ttl,

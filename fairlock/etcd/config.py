@@ -121,7 +121,7 @@ def parse_url(url: str) -> EtcdConfig:
 
 
 def parse_transport_url(url: str) -> tuple[str, EtcdConfig]:
-    """``("grpc", config)`` for an ``etcd3+grpc(s)://`` URL, else ``("gateway", parse_url(url))``."""
+    """``("grpc", config)`` for an ``etcd3+grpc(s)://`` URL, else ``("gateway", config)``."""
     if isinstance(url, str) and url.partition("://")[0].lower() in _GRPC_SCHEMES:
         return "grpc", _parse(url, _GRPC_SCHEMES)
     return "gateway", parse_url(url)

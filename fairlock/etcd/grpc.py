@@ -115,9 +115,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.use_local_subchannel_pool", 1),
 ]
 
-_TARGETS = {"create_revision": ("CREATE", "create_revision"), "mod_revision": ("MOD", "mod_revision"),
-            "version": ("VERSION", "version"), "value": ("VALUE", "value"),
-            "lease": ("LEASE", "lease")}
+_TARGETS = {"create_revision": ("CREATE", "create_revision"),
+            "mod_revision": ("MOD", "mod_revision"), "version": ("VERSION", "version"),
+            "value": ("VALUE", "value"), "lease": ("LEASE", "lease")}
 _RESULTS = {"=": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
 
 #: etcd refusals that come before anything is proposed: a write may be sent elsewhere.
