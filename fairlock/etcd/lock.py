@@ -48,12 +48,13 @@ from .._core import DEFAULT_MAX_BYPASS, Lanes, WaiterState, check_max_bypass, pl
 from ..context import resolve_lane
 from ..errors import ArgumentTypeError, NotHeldError, NotOwnerError
 from ..local import Lock, check_name, check_timeout
-from .session import LockLost, Session
+from .session import LockLost, Session, SessionLost
 from .transport import (
     Compare,
     Delete,
     EtcdAuthError,
     EtcdError,
+    EtcdUnavailable,
     LeaseNotFound,
     TxnOutcomeUnknown,
     KeyValue,
@@ -72,6 +73,8 @@ LOG = logging.getLogger("fairlock.etcd")
 RECHECK_INTERVAL = 5.0
 #: Transactions retried on contention before giving up with an error (each retry re-reads).
 MAX_TXN_RETRIES = 100
+#: Pause between attempts to read etcd back while it is unreachable (see ``EtcdLock._read``).
+UNREACHABLE_RETRY = 0.2
 
 
 def lock_keys(prefix: bytes, name: str) -> tuple[bytes, bytes, bytes]:
@@ -210,6 +213,12 @@ class EtcdLock:
             # The local holder may represent higher-lane threads queued behind it.
             remote_lane = self._effective_lane(lane)
             got = self._acquire_remote(remote_lane, bool(blocking), deadline)
+            if got and (self.session.lost or self.session.closed):
+                # Granted while the session was being declared lost or closed: its notice found
+                # no holder here to tell. Stop as every waiter of a lost session does, passing
+                # the lock on at once if our lease still has it.
+                self._pass_on()
+                self.session.check()
         except BaseException:
             self._local.release()
             raise
@@ -292,7 +301,7 @@ class EtcdLock:
                 )
             except TxnOutcomeUnknown:
                 # The connection broke after sending: find out whether we were granted or queued.
-                mine, owner = self._transport.txn([], [Range(my_key), Range(self._owner_key)]).responses
+                mine, owner = self._read(Range(my_key), Range(self._owner_key)).responses
                 if owner and decode_value(owner[0]).get("waiter") == my_key.decode():
                     self._granted(owner[0].mod_revision)
                     self._stats["uncontended"] += 1
@@ -361,6 +370,9 @@ class EtcdLock:
                 self._transport.watch(self._owner_key, state.revision + 1, no_put=True, wakeup=wakeup),
             ]
         wakeup.clear()
+        # A watch that broke before the clear() set the wake-up we just cleared: look now (a
+        # broken watch raises here and is re-made), or we would sleep on it until the re-check.
+        self._drain_watches(state)
         found = self._check(state.key, state.ticket)
         if found == "granted":
             return True
@@ -376,11 +388,15 @@ class EtcdLock:
         if remaining is not None and remaining <= 0:
             return self._cancel(state.key, state.ticket)
         if wakeup.wait(RECHECK_INTERVAL if remaining is None else min(remaining, RECHECK_INTERVAL)):
-            for w in state.watches:
-                while (event := w.get(0)) is not None:
-                    self._stats["watch_events"] += 1
-                    state.revision = max(state.revision or 0, event.kv.mod_revision)
+            self._drain_watches(state)
         return None
+
+    def _drain_watches(self, state: _WaitState) -> None:
+        """Take the events queued on our watches (raises EtcdError if one broke)."""
+        for w in state.watches:
+            while (event := w.get(0)) is not None:
+                self._stats["watch_events"] += 1
+                state.revision = max(state.revision or 0, event.kv.mod_revision)
 
     def _check(self, my_key: bytes, ticket: int) -> str:
         """'granted', 'queued' or 'owner-gone', from one read of our key and the owner key."""
@@ -422,7 +438,7 @@ class EtcdLock:
             )
             if result is not None:
                 break
-            mine, owner = self._transport.txn([], [Range(my_key), Range(self._owner_key)]).responses
+            mine, owner = self._read(Range(my_key), Range(self._owner_key)).responses
             if not mine or mine[0].create_revision != ticket:
                 result = TxnResult(False, 0, (owner,))  # deleted: by us, or by a grant
                 break
@@ -441,12 +457,22 @@ class EtcdLock:
         try:
             if not self._cancel(my_key, ticket):
                 return
-            token = self._token
-            self._token = None
-            if token is not None:
-                self._release_remote(token)
-        except EtcdError as exc:
+            self._pass_on()
+        except (EtcdError, SessionLost) as exc:
+            # Only when the session is lost (or etcd refused us otherwise than by being
+            # unreachable): our lease is going, and takes our key with it.
             LOG.warning("fairlock %r: could not withdraw from the queue (%s); the key goes with the lease",
+                        self.name, type(exc).__name__)
+
+    def _pass_on(self) -> None:
+        """We were granted but will not run: hand the lock to the next waiter (or free it)."""
+        token, self._token = self._token, None
+        if token is None:
+            return
+        try:
+            self._release_remote(token)
+        except (EtcdError, LockLost, SessionLost) as exc:
+            LOG.warning("fairlock %r: could not pass on a grant we will not use (%s); it goes with the lease",
                         self.name, type(exc).__name__)
 
     # -- handoff ----------------------------------------------------------------------------------
@@ -513,7 +539,7 @@ class EtcdLock:
             if result is None:
                 # A write of ours may or may not have been applied: read what etcd has now.
                 uncertain = True
-                result = self._transport.txn([], [Range(self._owner_key), Range(self._wprefix, self._wend)])
+                result = self._read(Range(self._owner_key), Range(self._wprefix, self._wend))
                 result = TxnResult(False, result.revision, result.responses)
             if result.succeeded:
                 return
@@ -536,11 +562,28 @@ class EtcdLock:
 
     def _try_txn(self, compare: Sequence[Compare], success: Sequence[Put | Delete | Range],
                  failure: Sequence[Put | Delete | Range] = ()) -> TxnResult | None:
-        """A transaction, or None when the connection broke and it may or may not have applied."""
+        """A transaction, or None when etcd was unreachable: it may or may not have applied
+        (TxnOutcomeUnknown), or surely did not (EtcdUnavailable); either way, read back and retry."""
         try:
             return self._transport.txn(compare, success, failure)
-        except TxnOutcomeUnknown:
+        except EtcdUnavailable:
             return None
+
+    def _read(self, *ranges: Range) -> TxnResult:
+        """Read back what a write of ours did, or must still do (one atomic read).
+
+        Giving up here would leave our keys on a live lease with nobody acting on them (a holder
+        that never releases, a waiter granted to nobody), so an unreachable etcd is waited out
+        until it answers or the session is lost: then our lease expires and takes our keys.
+        """
+        while True:
+            try:
+                return self._transport.txn([], list(ranges))
+            except EtcdUnavailable as exc:
+                self.session.check()
+                LOG.warning("fairlock %r: etcd unreachable (%s) while settling a write; retrying",
+                            self.name, exc)
+                _threading.Event().wait(UNREACHABLE_RETRY)
 
     def _recover(self) -> None:
         """The owner key is gone (holder crashed, or left) while waiters exist: grant by the rule."""
