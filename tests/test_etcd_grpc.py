@@ -170,11 +170,20 @@ def test_malformed_grpc_urls(url: str) -> None:
     assert "sekrit" not in str(info.value) and "bad etcd URL" in str(info.value)
 
 
-def test_gateway_only_parsers_refuse_grpc_urls_instead_of_ignoring_them() -> None:
+def test_parse_url_refuses_grpc_urls_instead_of_ignoring_the_choice() -> None:
     with pytest.raises(InvalidArgumentError, match="transport_from_url"):
         parse_url("etcd3+grpc://127.0.0.1:2379")
-    with pytest.raises(InvalidArgumentError, match="transport_from_url"):
-        Session("etcd3+grpc://127.0.0.1:2379")
+
+
+def test_session_from_a_grpc_url(etcd_server: EtcdServer, etcd_prefix: bytes) -> None:
+    prefix = etcd_prefix.decode().rstrip("/")
+    url = etcd_server.url(prefix, lease_ttl=7).replace("etcd3+http://", "etcd3+grpc://")
+    with Session(url) as session:
+        assert isinstance(session.transport, GrpcTransport)
+        assert (session.prefix, session.ttl) == (prefix.encode(), 7)
+        lock = EtcdLock("from-url", session)
+        with lock:
+            assert lock.is_held()
 
 
 def test_constructor_checks(tmp_path: Any) -> None:
