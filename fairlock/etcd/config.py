@@ -7,8 +7,9 @@
 
 into a frozen :class:`EtcdConfig`. Schemes: ``etcd3+http``, ``etcd3+https``, ``http``, ``https``.
 The schemes ``etcd3+grpc`` and ``etcd3+grpcs`` take the same URL and select the gRPC transport
-instead of the HTTP gateway: only :func:`transport_from_url` (and ``GrpcTransport.from_url``)
-accept them, so code that builds a gateway from a URL refuses them instead of ignoring the choice.
+instead of the HTTP gateway: :func:`transport_from_url` (which ``Session(url)`` uses) and
+``GrpcTransport.from_url`` accept them; :func:`parse_url` refuses them, so code that builds a
+gateway from a URL cannot ignore the choice.
 The host part is a comma-separated list of ``host[:port]`` (port 2379 by default; IPv6 in
 brackets); the path, if any, is the key prefix. Query parameters (each at most once):
 
