@@ -189,11 +189,10 @@ class FairlockToozLock(locking.Lock):
                         got = etcd_lock.acquire(bool(blocking), remaining if blocking else -1, lane)
                     except (SessionLost, LeaseNotFound, LockLost):
                         # The session died under us (its lease, and with it our waiter key,
-                        # is gone; we hold nothing): tooz's caller asked to wait, so wait again
-                        # on a new session, with the time left. A waiter key deleted by
-                        # someone else while the lease lives is an error.
-                        if (not self._coord._session_failed(etcd_lock.session) or not blocking
-                                or attempt == _SESSION_RENEWALS):
+                        # is gone; we hold nothing): ask again on a new session, with the time
+                        # left. A waiter key deleted by someone else while the lease lives is
+                        # an error.
+                        if not self._coord._session_failed(etcd_lock.session) or attempt == _SESSION_RENEWALS:
                             raise
                         continue
             except DeadlockError:
@@ -233,11 +232,9 @@ class FairlockToozLock(locking.Lock):
                     return False
         finally:
             self._lost = None
-        if lost is not None:
-            # Lost and then taken again by someone else: our delete compared on our token and
-            # touched nothing; tooz says False for a lock that was no longer held.
-            return False
-        return True
+        # A loss noticed earlier (heartbeat's owner check) stands whatever the release found:
+        # tooz says False for a lock that was no longer held.
+        return lost is None
 
     def break_(self) -> bool:
         """Delete the lock's owner key whoever holds it; True if there was one.
@@ -267,8 +264,10 @@ class FairlockToozLock(locking.Lock):
     def is_still_owner(self) -> bool:
         """True if etcd still has this object's grant as the lock's owner (one read)."""
         etcd_lock = self._held_on
-        token = None if etcd_lock is None else etcd_lock.fencing_token
-        if self._holder is None or token is None or self._lost is not None:
+        if self._holder is None or etcd_lock is None or self._lost is not None:
+            return False
+        token = etcd_lock.fencing_token
+        if token is None:
             return False
         owner_key = lock_keys(etcd_lock.session.prefix, self._lock_name)[0]
         with _translated(f"owner check of tooz lock {self._lock_name!r}"):

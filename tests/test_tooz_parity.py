@@ -35,6 +35,7 @@ import traceback
 import types
 import unittest
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,11 @@ def category(test_id: str) -> str:
 
 
 def tooz_test_path() -> Path:
-    spec = importlib.util.find_spec(TOOZ_MODULE)
+    with warnings.catch_warnings():
+        # Finding it imports tooz.tests, hence tooz -> futurist -> eventlet (when installed),
+        # whose deprecation notice is about the environment, not about this test.
+        warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+        spec = importlib.util.find_spec(TOOZ_MODULE)
     assert spec is not None and spec.origin is not None, f"tooz does not ship {TOOZ_MODULE}"
     return Path(spec.origin)
 
