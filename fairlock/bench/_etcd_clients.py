@@ -23,7 +23,7 @@ from typing import Any
 __all__ = ["VARIANTS", "make_client"]
 
 #: Adapter name -> what it is (the row labels live in fairlock.bench.etcd).
-VARIANTS = ("fairlock", "tooz", "etcd3", "v3lock", "broken")
+VARIANTS = ("fairlock", "tooz", "tooz-fairlock", "etcd3", "v3lock", "broken")
 
 #: The anchors' lease TTL (tooz's default lock_timeout; python-etcd3's default is 60).
 ANCHOR_TTL = 30
@@ -137,6 +137,43 @@ class _Tooz:
         return 0  # it polls: no watch at all
 
     def close(self) -> None:
+        self.coordinator.stop()
+
+
+class _ToozFairlock:
+    """fairlock's tooz driver: ``get_coordinator("fairlock+etcd3+http://...")``, ``get_lock(name)``."""
+
+    ticket = None
+
+    def __init__(self, endpoint: str, name: str, member: str, lanes: list[str] | None,
+                 max_bypass: int | None) -> None:
+        from tooz import coordination
+
+        query = {"lease_ttl": "10", "max_bypass": "none" if max_bypass is None else str(max_bypass)}
+        if lanes:
+            query["lanes"] = ",".join(lanes)
+        url = f"fairlock+etcd3+{endpoint}/bench-tooz?{urllib.parse.urlencode(query)}"
+        self.coordinator = coordination.get_coordinator(url, member.encode())
+        self.coordinator.start(start_heart=False)
+        self.lock = self.coordinator.get_lock(name.encode())
+        self.token: int | None = None
+        self._closed_events: int | None = None
+
+    def acquire(self, lane: str | None) -> bool:
+        got = bool(self.lock.acquire(blocking=True, lane=lane))
+        self.token = self.lock.fencing_token
+        return got
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def watch_events(self) -> int | None:
+        if self._closed_events is not None:
+            return self._closed_events
+        return self.lock.statistics().watch_events
+
+    def close(self) -> None:
+        self._closed_events = self.lock.statistics().watch_events  # not readable once stopped
         self.coordinator.stop()
 
 
@@ -269,6 +306,8 @@ def make_client(variant: str, endpoint: str, name: str, member: str, *,
         return _Fairlock(endpoint, name, lanes, max_bypass)
     if variant == "tooz":
         return _Tooz(endpoint, name, member)
+    if variant == "tooz-fairlock":
+        return _ToozFairlock(endpoint, name, member, lanes, max_bypass)
     if variant == "etcd3":
         return _Etcd3(endpoint, name)
     if variant == "v3lock":

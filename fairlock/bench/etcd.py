@@ -41,16 +41,17 @@ from ._etcd_runs import Target, contended, fencing_run, probe, uncontended
 from ._etcd_tables import render
 from ._report import Table, machine, progress
 
-__all__ = ["HELP", "add_arguments", "run", "FAIRLOCK", "TOOZ", "ETCD3", "ETCD3_FORK", "V3LOCK", "LABELS"]
+__all__ = ["HELP", "add_arguments", "run", "FAIRLOCK", "TOOZ", "TOOZ_FAIRLOCK", "ETCD3", "ETCD3_FORK", "V3LOCK", "LABELS"]
 
 HELP = "fairlock's EtcdLock vs tooz, python-etcd3 and etcd's lock service; the fencing checker"
 
 FAIRLOCK = "fairlock EtcdLock"
 TOOZ = "tooz etcd3gw"
+TOOZ_FAIRLOCK = "tooz fairlock+etcd3+http"
 ETCD3 = "python-etcd3 0.12.0"
 ETCD3_FORK = "python-etcd3 fork"
 V3LOCK = "etcd v3lock"
-LABELS = (FAIRLOCK, TOOZ, ETCD3, ETCD3_FORK, V3LOCK)
+LABELS = (FAIRLOCK, TOOZ, TOOZ_FAIRLOCK, ETCD3, ETCD3_FORK, V3LOCK)
 
 #: The forks of python-etcd3 that install the same ``etcd3`` module and run on current protobuf.
 _FORKS = ("cslab-etcd3", "python3-etcd3", "etcd3-fc", "etcd3-fork", "etcd3-rs")
@@ -133,6 +134,11 @@ def targets(args: argparse.Namespace) -> tuple[list[Target], dict[str, str]]:
         runnable.append(Target(TOOZ, "tooz", here, f"tooz {tooz['versions'].get('tooz', '?')}"))
     else:
         missing[TOOZ] = "tooz/etcd3gw not importable (pip install fairlock[bench])"
+    if tooz.get("ok"):
+        runnable.append(Target(TOOZ_FAIRLOCK, "tooz-fairlock", here,
+                               f"tooz {tooz['versions'].get('tooz', '?')} + fairlock driver", fencing=True))
+    else:
+        missing[TOOZ_FAIRLOCK] = "tooz not importable (pip install fairlock[bench])"
     if args.etcd3_python:
         old = probe(args.etcd3_python, "etcd3")
         version = old.get("versions", {}).get("etcd3") if old.get("ok") else None
