@@ -357,3 +357,15 @@ def test_close_racing_a_keepalive_is_not_a_loss(sessions: Sessions) -> None:
     caller.join(10)
     closer.join(30)
     assert lost == [] and not session.lost
+
+
+def test_holder_is_told_once_even_if_the_session_is_closed_after_the_loss(sessions: Sessions) -> None:
+    told: list[str] = []
+    session = sessions.new()
+    lock = EtcdLock("told-once", session, on_lost=lambda lock, token, reason: told.append(reason))
+    assert lock.acquire()
+    session._mark_lost("test: lease gone")
+    session.close()
+    assert told == ["test: lease gone"]
+    with pytest.raises(LockLost):
+        lock.release()

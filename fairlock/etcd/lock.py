@@ -606,8 +606,8 @@ class EtcdLock:
         wakeup = self._wakeup
         if wakeup is not None:
             wakeup.set()  # a waiter stops at once with SessionLost
-        if token is None:
-            return
+        if token is None or self._lost_reason is not None:
+            return  # not held, or already told (close() after a loss must not tell it twice)
         self._lost_reason = reason
         self._stats["lost"] += 1
         LOG.error("fairlock: lock %r (fencing token %s) lost: %s", self.name, token, reason)
