@@ -38,13 +38,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import socket
 import ssl
 import threading as _threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,7 +51,21 @@ import requests
 import urllib3
 
 from ..errors import ArgumentTypeError, InvalidArgumentError
-from .config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, EtcdConfig, parse_url
+from ._endpoints import (
+    AUTH_ERRORS,
+    COMPARE_RESULTS,
+    COMPARE_TARGETS,
+    NOT_APPLIED,
+    RENEW_TOKEN,
+    FailoverTransport,
+    QueuedWatch,
+    _RenewToken,
+    _TryNext,
+    check_options,
+    make_config,
+)
+from ._endpoints import check_bytes as _check_bytes
+from .config import DEFAULT_TIMEOUT, EtcdConfig, parse_url
 from .transport import (
     Compare,
     Delete,
@@ -64,8 +76,6 @@ from .transport import (
     LeaseNotFound,
     Put,
     Range,
-    Transport,
-    TxnOutcomeUnknown,
     TxnResult,
     Watch,
     WatchCompacted,
@@ -78,23 +88,8 @@ LOG = logging.getLogger("fairlock.etcd.gateway")
 
 API_PATH = "/v3/"
 
-_TARGETS = {
-    "create_revision": ("CREATE", "create_revision"),
-    "mod_revision": ("MOD", "mod_revision"),
-    "version": ("VERSION", "version"),
-    "value": ("VALUE", "value"),
-    "lease": ("LEASE", "lease"),
-}
-_RESULTS = {"=": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
-
-#: etcd refusals that come before anything is proposed: a write may be sent elsewhere.
-_NOT_APPLIED = ("no leader", "not enough started members", "too many requests", "not capable",
-                "server stopped", "stopping")
-#: etcd says the token must be renewed (expired, unknown, or issued before an auth change).
-_RENEW_TOKEN = ("invalid auth token", "auth store is old", "revision of auth store is old")
-_AUTH_ERRORS = ("permission denied", "user name is empty", "authentication failed",
-                "user name not found", "invalid auth token", "auth store is old",
-                "authentication is not enabled")
+_TARGETS, _RESULTS = COMPARE_TARGETS, COMPARE_RESULTS
+_NOT_APPLIED, _RENEW_TOKEN, _AUTH_ERRORS = NOT_APPLIED, RENEW_TOKEN, AUTH_ERRORS
 
 
 def _b64(data: bytes) -> str:
@@ -114,12 +109,6 @@ def _kv(raw: dict[str, Any]) -> KeyValue:
         version=int(raw.get("version", 0)),
         lease=int(raw.get("lease", 0)),
     )
-
-
-def _check_bytes(name: str, value: object) -> bytes:
-    if not isinstance(value, bytes):
-        raise ArgumentTypeError(f"{name} must be bytes, got {type(value).__name__}")
-    return value
 
 
 def _encode_compare(c: Compare) -> dict[str, Any]:
@@ -225,19 +214,6 @@ def _etcd_error(resp: requests.Response) -> tuple[str, int | None]:
     return str(body)[:200], None
 
 
-class _TryNext(Exception):
-    """This endpoint failed; ``maybe_applied``: a write sent to it may have taken effect."""
-
-    def __init__(self, reason: str, maybe_applied: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.maybe_applied = maybe_applied
-
-
-class _RenewToken(Exception):
-    """etcd rejected the token (expired or stale): authenticate again, then retry."""
-
-
 def _classify(url: str, status: int, message: str, code: int | None) -> Exception:
     """Map an etcd error answer to what the caller sees (or to _TryNext / _RenewToken)."""
     low = message.lower()
@@ -298,7 +274,7 @@ def _check_endpoint(url: object) -> str:
 # --- the transport -------------------------------------------------------------------------------
 
 
-class GatewayTransport(Transport):
+class GatewayTransport(FailoverTransport):
     """:class:`~fairlock.etcd.transport.Transport` over etcd's HTTP gateway, with failover.
 
     ``endpoints``: ``["http://127.0.0.1:2379", ...]`` (all http or all https). ``timeout``: the
@@ -307,6 +283,9 @@ class GatewayTransport(Transport):
     of it with several endpoints, so a hung member leaves time to try another). Or build it from
     a URL: ``GatewayTransport.from_url("etcd3+http://h1:2379,h2:2379?timeout=5")``.
     """
+
+    _log = LOG
+    _repr_name = "GatewayTransport"
 
     def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: float | None = None, request_timeout: float | None = None,
@@ -322,28 +301,13 @@ class GatewayTransport(Transport):
         protocols = {urlsplit(u).scheme for u in urls}
         if len(protocols) != 1:
             raise InvalidArgumentError("endpoints must be all http or all https")
-        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout),
-                            ("request_timeout", request_timeout)):
-            if value is None and name != "timeout":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ArgumentTypeError(f"{name} must be a number of seconds")
-            if not 0 < value < float("inf"):
-                raise InvalidArgumentError(f"{name} must be positive and finite, got {value!r}")
-        for name, path in (("ca_cert", ca_cert), ("cert_cert", cert_cert), ("cert_key", cert_key)):
-            if path is not None and not os.path.isfile(path):
-                raise InvalidArgumentError(f"{name} file {path!r} does not exist")
-        if (cert_cert is None) != (cert_key is None):
-            raise InvalidArgumentError("cert_cert and cert_key go together")
-        if password is not None and username is None:
-            raise InvalidArgumentError("a password without a username")
-        self.config = EtcdConfig(
-            endpoints=urls, protocol=protocols.pop(), timeout=float(timeout),
-            connect_timeout=float(connect_timeout if connect_timeout is not None
-                                  else min(DEFAULT_CONNECT_TIMEOUT, timeout)),
+        check_options(timeout=timeout, connect_timeout=connect_timeout,
+                      request_timeout=request_timeout, ca_cert=ca_cert, cert_cert=cert_cert,
+                      cert_key=cert_key, username=username, password=password)
+        self.config = make_config(
+            urls, protocols.pop(), timeout=timeout, connect_timeout=connect_timeout,
             request_timeout=request_timeout, ca_cert=ca_cert, cert_cert=cert_cert,
-            cert_key=cert_key, username=username, password=password,
-        )
+            cert_key=cert_key, username=username, password=password)
         self._timeout = self.config.timeout
         self._connect_timeout = self.config.connect_timeout
         self._request_timeout = self.config.effective_request_timeout
@@ -367,20 +331,6 @@ class GatewayTransport(Transport):
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> GatewayTransport:
         return cls.from_config(parse_url(url), **kwargs)
-
-    @property
-    def endpoints(self) -> tuple[str, ...]:
-        return self.config.endpoints
-
-    @property
-    def current_endpoint(self) -> str:
-        """The endpoint the next call tries first (the last one that answered)."""
-        return self._endpoints[self._current].url
-
-    def __repr__(self) -> str:
-        user = f" user={self.config.username!r}" if self.config.username else ""
-        return (f"<GatewayTransport {list(self.endpoints)} current={self.current_endpoint}"
-                f"{user}{' closed' if self._closed else ''}>")
 
     # -- the Transport interface --
 
@@ -505,103 +455,31 @@ class GatewayTransport(Transport):
                                                      auth=auth)
         return result
 
-    def _with_failover(self, attempt: Callable[[_Endpoint, float, dict[str, str]], Any], *,
-                       idempotent: bool, what: str, auth: bool = True) -> Any:
-        if self._closed:
-            raise EtcdError("the transport is closed")
-        deadline = self._clock() + self._timeout
-        failures: dict[str, str] = {}
-        pause = 0.05
-        renewed = False
-        while True:
-            start = self._current
-            for k in range(len(self._endpoints)):
-                index = (start + k) % len(self._endpoints)
-                ep = self._endpoints[index]
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    break
-                while True:
-                    headers = {"Content-Type": "application/json"}
-                    token = self._get_token(deadline) if auth else None
-                    if token:
-                        headers["Authorization"] = token
-                    try:
-                        result = attempt(ep, remaining, headers)
-                    except _RenewToken as exc:
-                        if token is None or renewed:
-                            raise EtcdAuthError(f"etcd at {ep.url} refused the request: {exc}"
-                                                ) from None
-                        renewed = True  # one renewal per call: a second refusal is final
-                        self._drop_token(token)
-                        continue
-                    except _TryNext as exc:
-                        if exc.maybe_applied and not idempotent:
-                            self._endpoint_failed(ep, exc.reason)
-                            raise TxnOutcomeUnknown(
-                                f"{what} sent to {ep.url} but its outcome is unknown "
-                                f"({exc.reason}); re-read before retrying") from None
-                        failures[ep.url] = exc.reason
-                        self._endpoint_failed(ep, exc.reason)
-                        break
-                    if self._current != index:
-                        LOG.info("etcd: now using endpoint %s", ep.url)
-                        self._current = index
-                    return result
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                tried = "; ".join(f"{u}: {failures.get(u, 'not tried (out of time)')}"
-                                  for u in self.endpoints)
-                raise EtcdUnavailable(f"no etcd endpoint answered {what} within "
-                                      f"{self._timeout:g} s; tried {tried}")
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.5)
+    def _attempt(self, attempt: Callable[[_Endpoint, float, dict[str, str]], Any],
+                 ep: _Endpoint, deadline: float, remaining: float, token: str | None) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = token
+        return attempt(ep, remaining, headers)
 
-    def _endpoint_failed(self, ep: _Endpoint, reason: str) -> None:
-        if self._endpoints[self._current] is ep and len(self._endpoints) > 1:
-            LOG.warning("etcd endpoint %s failed (%s); trying the next one", ep.url, reason)
-        else:
-            LOG.debug("etcd endpoint %s failed (%s)", ep.url, reason)
+    def _abandon_watches(self, ep: _Endpoint, reason: str) -> None:
         with self._mutex:
             watches = list(ep.watches)
         for watch in watches:
-            watch._break(EtcdUnavailable(f"watch on {ep.url} abandoned: the endpoint failed "
-                                         f"({reason})"))
+            watch._break(self._abandoned(ep, reason))
 
     # -- users and tokens --
 
-    def _get_token(self, deadline: float) -> str | None:
-        if self.config.username is None:
-            return None
-        with self._auth_mutex:
-            if self._token is None:
-                self._token = self._authenticate()
-            return self._token or None
-
-    def _drop_token(self, token: str) -> None:
-        with self._auth_mutex:
-            if self._token == token:  # not renewed meanwhile by another thread
-                self._token = None
-
-    def _authenticate(self) -> str:
-        """A fresh token ("" when etcd has auth off: requests then go without one)."""
+    def _request_token(self) -> str:
         body = {"name": self.config.username, "password": self.config.password or ""}
-        try:
-            answer = self._call("auth/authenticate", body, idempotent=True, auth=False)
-        except EtcdAuthError as exc:
-            if "not enabled" in str(exc):
-                LOG.info("etcd: auth is not enabled; user %r ignored", self.config.username)
-                return ""
-            raise EtcdAuthError(f"etcd rejected the credentials of user "
-                                f"{self.config.username!r}") from None
-        LOG.debug("etcd: authenticated as %r", self.config.username)
+        answer = self._call("auth/authenticate", body, idempotent=True, auth=False)
         return str(answer["token"])
 
 
 # --- watches -------------------------------------------------------------------------------------
 
 
-class _GatewayWatch(Watch):
+class _GatewayWatch(QueuedWatch):
     """One streaming ``/v3/watch`` request and the thread that reads it."""
 
     def __init__(self, transport: GatewayTransport, ep: _Endpoint, start_revision: int,
@@ -609,14 +487,10 @@ class _GatewayWatch(Watch):
         self.endpoint = ep.url
         self.start_revision = int(start_revision)
         self.watch_id: int | None = None
+        super().__init__(wakeup)
         self._ep = ep
         self._session = _new_session(transport.config)
-        self._wakeup = wakeup
-        self._cond = _threading.Condition(_threading.Lock())
-        self._events: deque[WatchEvent] = deque()
         self._created = False
-        self._cancelled = False
-        self._error: BaseException | None = None
         self._sock: socket.socket | None = None
         self._transport = transport
         self._registry_mutex = transport._mutex
@@ -629,35 +503,18 @@ class _GatewayWatch(Watch):
         return (f"<GatewayWatch {self.endpoint} from {self.start_revision} {state}, "
                 f"{len(self._events)} queued>")
 
-    # -- the Watch interface --
+    # -- what a stop releases --
 
-    def get(self, timeout: float | None = None) -> WatchEvent | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._events:
-                    return self._events.popleft()
-                if self._cancelled:
-                    return None
-                if self._error is not None:
-                    raise _fresh(self._error)
-                if deadline is None:
-                    self._cond.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return None
-                    self._cond.wait(remaining)
+    def _detach(self) -> socket.socket | None:
+        sock, self._sock = self._sock, None
+        return sock
 
-    def cancel(self) -> None:
-        with self._cond:
-            if self._cancelled:
-                return
-            self._cancelled = True
-            sock, self._sock = self._sock, None
-            self._cond.notify_all()
+    def _after_cancel(self, sock: socket.socket | None) -> None:
         with self._registry_mutex:
             self._ep.watches.discard(self)
+        _shutdown(sock)
+
+    def _after_break(self, sock: socket.socket | None) -> None:
         _shutdown(sock)
 
     # -- the reader --
@@ -681,17 +538,6 @@ class _GatewayWatch(Watch):
             if self._error is not None:
                 return self._error
         return _TryNext(f"watch not confirmed within {timeout:g} s", maybe_applied=False)
-
-    def _break(self, error: BaseException) -> None:
-        with self._cond:
-            if self._cancelled or self._error is not None:
-                return
-            self._error = error
-            sock, self._sock = self._sock, None
-            self._cond.notify_all()
-        _shutdown(sock)
-        if self._wakeup is not None:
-            self._wakeup.set()
 
     def _run(self, body: bytes, headers: dict[str, str], timeouts: tuple[float, float]) -> None:
         resp = None
@@ -766,24 +612,9 @@ class _GatewayWatch(Watch):
         if events:
             parsed = [WatchEvent(type="DELETE" if e.get("type") == "DELETE" else "PUT",
                                  kv=_kv(e.get("kv", {}))) for e in events]
-            with self._cond:
-                if self._cancelled:
-                    return False
-                self._events.extend(parsed)
-                self._cond.notify_all()
-            if self._wakeup is not None:
-                self._wakeup.set()
+            if not self._deliver(parsed):
+                return False
         return True
-
-
-def _fresh(error: BaseException) -> BaseException:
-    """A new exception like ``error``, so repeated ``get`` calls do not grow one traceback."""
-    if isinstance(error, _TryNext):
-        return EtcdUnavailable(error.reason)
-    try:
-        return type(error)(*error.args)
-    except Exception:
-        return error
 
 
 def _tls_failure(url: str, exc: BaseException) -> EtcdAuthError:

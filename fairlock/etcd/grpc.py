@@ -55,7 +55,6 @@ the HTTP gateway share the port).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -66,7 +65,22 @@ from urllib.parse import urlsplit
 
 from .._primitives import green_mode
 from ..errors import ArgumentTypeError, InvalidArgumentError
-from .config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, EtcdConfig, parse_transport_url
+from ._endpoints import (
+    AUTH_ERRORS,
+    COMPARE_RESULTS,
+    COMPARE_TARGETS,
+    NOT_APPLIED,
+    RENEW_TOKEN,
+    FailoverTransport,
+    QueuedWatch,
+    _RenewToken,
+    _TryNext,
+    check_options,
+    fresh_error,
+    make_config,
+)
+from ._endpoints import check_bytes as _check_bytes
+from .config import DEFAULT_TIMEOUT, EtcdConfig, parse_transport_url
 from .transport import (
     Compare,
     Delete,
@@ -77,8 +91,6 @@ from .transport import (
     LeaseNotFound,
     Put,
     Range,
-    Transport,
-    TxnOutcomeUnknown,
     TxnResult,
     Watch,
     WatchCompacted,
@@ -115,27 +127,13 @@ _CHANNEL_OPTIONS = [
     ("grpc.use_local_subchannel_pool", 1),
 ]
 
-_TARGETS = {"create_revision": ("CREATE", "create_revision"),
-            "mod_revision": ("MOD", "mod_revision"), "version": ("VERSION", "version"),
-            "value": ("VALUE", "value"), "lease": ("LEASE", "lease")}
-_RESULTS = {"=": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
-
-#: etcd refusals that come before anything is proposed: a write may be sent elsewhere.
-_NOT_APPLIED = ("no leader", "not enough started members", "too many requests", "not capable",
-                "server stopped", "stopping", "failed to connect", "connection refused")
-_RENEW_TOKEN = ("invalid auth token", "auth store is old", "revision of auth store is old")
-_AUTH_ERRORS = ("permission denied", "user name is empty", "authentication failed",
-                "user name not found", "invalid auth token", "auth store is old",
-                "authentication is not enabled")
+_TARGETS, _RESULTS = COMPARE_TARGETS, COMPARE_RESULTS
+#: gRPC also reports a connection that never opened as a refusal before any proposal.
+_NOT_APPLIED = (*NOT_APPLIED, "failed to connect", "connection refused")
+_RENEW_TOKEN, _AUTH_ERRORS = RENEW_TOKEN, AUTH_ERRORS
 #: gRPC's words for a failed TLS handshake; TSI_DATA_CORRUPTED is a TLS 1.3 server rejecting the
 #: client certificate (or its absence) right after the handshake.
 _TLS_ERRORS = ("ssl", "handshake", "certificate", "tsi_")
-
-
-def _check_bytes(name: str, value: object) -> bytes:
-    if not isinstance(value, bytes):
-        raise ArgumentTypeError(f"{name} must be bytes, got {type(value).__name__}")
-    return value
 
 
 def _kv(raw: Any) -> KeyValue:
@@ -186,19 +184,6 @@ def _op(op: Put | Delete | Range) -> Any:
 
 
 # --- telling failures apart ----------------------------------------------------------------------
-
-
-class _TryNext(Exception):
-    """This endpoint failed; ``maybe_applied``: a write sent to it may have taken effect."""
-
-    def __init__(self, reason: str, maybe_applied: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.maybe_applied = maybe_applied
-
-
-class _RenewToken(Exception):
-    """etcd rejected the token (expired or stale): authenticate again, then retry."""
 
 
 def _classify(url: str, code: Any, details: str, deadline: float | None = None) -> Exception:
@@ -347,7 +332,7 @@ def _read(path: str | None) -> bytes | None:
 # --- the transport -------------------------------------------------------------------------------
 
 
-class GrpcTransport(Transport):
+class GrpcTransport(FailoverTransport):
     """:class:`~fairlock.etcd.transport.Transport` over etcd's gRPC API, with failover.
 
     The same arguments as :class:`~fairlock.etcd.gateway.GatewayTransport`: ``endpoints``
@@ -357,6 +342,9 @@ class GrpcTransport(Transport):
     password. Or from a URL: ``GrpcTransport.from_url("etcd3+grpc://h1:2379,h2:2379?timeout=5")``.
     Raises :class:`EventletNotSupported` under eventlet monkey patching.
     """
+
+    _log = LOG
+    _repr_name = "GrpcTransport"
 
     def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: float | None = None, request_timeout: float | None = None,
@@ -381,32 +369,16 @@ class GrpcTransport(Transport):
             raise InvalidArgumentError("endpoints must be all http or all https")
         if len({target for _, target, _ in checked}) != len(checked):
             raise InvalidArgumentError("the same endpoint appears twice")
-        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout),
-                            ("request_timeout", request_timeout)):
-            if value is None and name != "timeout":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ArgumentTypeError(f"{name} must be a number of seconds")
-            if not 0 < value < float("inf"):
-                raise InvalidArgumentError(f"{name} must be positive and finite, got {value!r}")
-        for name, path in (("ca_cert", ca_cert), ("cert_cert", cert_cert), ("cert_key", cert_key)):
-            if path is not None and not os.path.isfile(path):
-                raise InvalidArgumentError(f"{name} file {path!r} does not exist")
-        if (cert_cert is None) != (cert_key is None):
-            raise InvalidArgumentError("cert_cert and cert_key go together")
-        if password is not None and username is None:
-            raise InvalidArgumentError("a password without a username")
+        check_options(timeout=timeout, connect_timeout=connect_timeout,
+                      request_timeout=request_timeout, ca_cert=ca_cert, cert_cert=cert_cert,
+                      cert_key=cert_key, username=username, password=password)
         secure = checked[0][2]
         if not secure and (ca_cert or cert_cert):
             raise InvalidArgumentError("TLS files need https endpoints")
-        self.config = EtcdConfig(
-            endpoints=tuple(u for u, _, _ in checked), protocol="https" if secure else "http",
-            timeout=float(timeout),
-            connect_timeout=float(connect_timeout if connect_timeout is not None
-                                  else min(DEFAULT_CONNECT_TIMEOUT, timeout)),
-            request_timeout=request_timeout, ca_cert=ca_cert, cert_cert=cert_cert,
-            cert_key=cert_key, username=username, password=password,
-        )
+        self.config = make_config(
+            tuple(u for u, _, _ in checked), "https" if secure else "http", timeout=timeout,
+            connect_timeout=connect_timeout, request_timeout=request_timeout, ca_cert=ca_cert,
+            cert_cert=cert_cert, cert_key=cert_key, username=username, password=password)
         self._init(checked, secure)
         self._clock = clock
 
@@ -443,20 +415,6 @@ class GrpcTransport(Transport):
     def from_url(cls, url: str, **kwargs: Any) -> GrpcTransport:
         """From an ``etcd3+grpc(s)://`` URL (an ``etcd3+http(s)://`` one also means gRPC here)."""
         return cls.from_config(parse_transport_url(url)[1], **kwargs)
-
-    @property
-    def endpoints(self) -> tuple[str, ...]:
-        return self.config.endpoints
-
-    @property
-    def current_endpoint(self) -> str:
-        """The endpoint the next call tries first (the last one that answered)."""
-        return self._endpoints[self._current].url
-
-    def __repr__(self) -> str:
-        user = f" user={self.config.username!r}" if self.config.username else ""
-        return (f"<GrpcTransport {list(self.endpoints)} current={self.current_endpoint}"
-                f"{user}{' closed' if self._closed else ''}>")
 
     # -- the Transport interface --
 
@@ -592,101 +550,32 @@ class GrpcTransport(Transport):
 
         return self._with_failover(attempt, idempotent=idempotent, what=what, auth=auth)
 
-    def _with_failover(self, attempt: Callable[[_Endpoint, float, Any, str | None], Any], *,
-                       idempotent: bool, what: str, auth: bool = True) -> Any:
-        if self._closed:
-            raise EtcdError("the transport is closed")
-        deadline = self._clock() + self._timeout
-        failures: dict[str, str] = {}
-        pause = 0.05
-        renewed = False
-        while True:
-            start = self._current
-            for k in range(len(self._endpoints)):
-                index = (start + k) % len(self._endpoints)
-                ep = self._endpoints[index]
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    break
-                if not ep.wait_connectable(min(self._connect_timeout, remaining)):
-                    reason = f"not connected within {min(self._connect_timeout, remaining):.2g} s"
-                    failures[ep.url] = reason  # nothing was sent: safe to go on, even a write
-                    self._endpoint_failed(ep, reason)
-                    continue
-                while True:
-                    token = self._get_token(ep) if auth else None
-                    metadata = (("token", token),) if token else None
-                    try:
-                        result = attempt(ep, deadline - self._clock(), metadata, token)
-                    except _RenewToken as exc:
-                        if token is None or renewed:
-                            raise EtcdAuthError(f"etcd at {ep.url} refused the request: {exc}"
-                                                ) from None
-                        renewed = True  # one renewal per call: a second refusal is final
-                        self._drop_token(token)
-                        continue
-                    except _TryNext as exc:
-                        if exc.maybe_applied and not idempotent:
-                            self._endpoint_failed(ep, exc.reason)
-                            raise TxnOutcomeUnknown(
-                                f"{what} sent to {ep.url} but its outcome is unknown "
-                                f"({exc.reason}); re-read before retrying") from None
-                        failures[ep.url] = exc.reason
-                        self._endpoint_failed(ep, exc.reason)
-                        break
-                    if self._current != index:
-                        LOG.info("etcd: now using endpoint %s", ep.url)
-                        self._current = index
-                    return result
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                tried = "; ".join(f"{u}: {failures.get(u, 'not tried (out of time)')}"
-                                  for u in self.endpoints)
-                raise EtcdUnavailable(f"no etcd endpoint answered {what} within "
-                                      f"{self._timeout:g} s; tried {tried}")
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.5)
+    def _reachable(self, ep: _Endpoint, remaining: float, failures: dict[str, str]) -> bool:
+        if ep.wait_connectable(min(self._connect_timeout, remaining)):
+            return True
+        reason = f"not connected within {min(self._connect_timeout, remaining):.2g} s"
+        failures[ep.url] = reason  # nothing was sent: safe to go on, even a write
+        self._endpoint_failed(ep, reason)
+        return False
 
-    def _endpoint_failed(self, ep: _Endpoint, reason: str) -> None:
-        if self._endpoints[self._current] is ep and len(self._endpoints) > 1:
-            LOG.warning("etcd endpoint %s failed (%s); trying the next one", ep.url, reason)
-        else:
-            LOG.debug("etcd endpoint %s failed (%s)", ep.url, reason)
+    def _attempt(self, attempt: Callable[[_Endpoint, float, Any, str | None], Any],
+                 ep: _Endpoint, deadline: float, remaining: float, token: str | None) -> Any:
+        metadata = (("token", token),) if token else None
+        return attempt(ep, deadline - self._clock(), metadata, token)
+
+    def _abandon_watches(self, ep: _Endpoint, reason: str) -> None:
         with self._mutex:
             streams = ep.take_streams()
         for stream in streams:
-            stream.close(EtcdUnavailable(f"watch on {ep.url} abandoned: the endpoint failed "
-                                         f"({reason})"))
+            stream.close(self._abandoned(ep, reason))
 
     # -- users and tokens --
 
-    def _get_token(self, ep: _Endpoint) -> str | None:
-        if self.config.username is None:
-            return None
-        with self._auth_mutex:
-            if self._token is None:
-                self._token = self._authenticate()
-            return self._token or None
-
-    def _drop_token(self, token: str) -> None:
-        with self._auth_mutex:
-            if self._token == token:  # not renewed meanwhile by another thread
-                self._token = None
-
-    def _authenticate(self) -> str:
-        """A fresh token ("" when etcd has auth off: requests then go without one)."""
+    def _request_token(self) -> str:
         request = etcdrpc.AuthenticateRequest(name=self.config.username,
                                               password=self.config.password or "")
-        try:
-            answer = self._unary("authenticate", lambda ep: ep.auth.Authenticate, request,
-                                 idempotent=True, auth=False)
-        except EtcdAuthError as exc:
-            if "not enabled" in str(exc):
-                LOG.info("etcd: auth is not enabled; user %r ignored", self.config.username)
-                return ""
-            raise EtcdAuthError(f"etcd rejected the credentials of user "
-                                f"{self.config.username!r}") from None
-        LOG.debug("etcd: authenticated as %r", self.config.username)
+        answer = self._unary("authenticate", lambda ep: ep.auth.Authenticate, request,
+                             idempotent=True, auth=False)
         return str(answer.token)
 
 
@@ -829,7 +718,7 @@ class _WatchStream:
                             for e in response.events])
 
 
-class _GrpcWatch(Watch):
+class _GrpcWatch(QueuedWatch):
     """One watch on a shared stream: its queued events, its creation, its failure."""
 
     def __init__(self, stream: _WatchStream, start_revision: int, wakeup: Any) -> None:
@@ -837,12 +726,8 @@ class _GrpcWatch(Watch):
         self.start_revision = start_revision
         self.watch_id: int | None = None
         self.abandoned = False  # read and written under the stream's lock
+        super().__init__(wakeup)
         self._stream = stream
-        self._wakeup = wakeup
-        self._cond = threading.Condition(threading.Lock())
-        self._events: deque[WatchEvent] = deque()
-        self._cancelled = False
-        self._error: BaseException | None = None
         self._refusal: BaseException | None = None
 
     def __repr__(self) -> str:
@@ -851,32 +736,10 @@ class _GrpcWatch(Watch):
         return (f"<GrpcWatch {self.endpoint} from {self.start_revision} {state}, "
                 f"{len(self._events)} queued>")
 
-    # -- the Watch interface --
+    def _fresh_error(self, error: BaseException) -> BaseException:
+        return fresh_error(error, (_TryNext, _RenewToken))
 
-    def get(self, timeout: float | None = None) -> WatchEvent | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._events:
-                    return self._events.popleft()
-                if self._cancelled:
-                    return None
-                if self._error is not None:
-                    raise _fresh(self._error)
-                if deadline is None:
-                    self._cond.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return None
-                    self._cond.wait(remaining)
-
-    def cancel(self) -> None:
-        with self._cond:
-            if self._cancelled:
-                return
-            self._cancelled = True
-            self._cond.notify_all()
+    def _after_cancel(self, detached: Any) -> None:
         self._stream.cancel(self)
 
     # -- from the transport and the stream's reader --
@@ -908,31 +771,3 @@ class _GrpcWatch(Watch):
         with self._cond:
             self._refusal = error
             self._cond.notify_all()
-
-    def _deliver(self, events: list[WatchEvent]) -> None:
-        with self._cond:
-            if self._cancelled:
-                return
-            self._events.extend(events)
-            self._cond.notify_all()
-        if self._wakeup is not None:
-            self._wakeup.set()
-
-    def _break(self, error: BaseException) -> None:
-        with self._cond:
-            if self._cancelled or self._error is not None:
-                return
-            self._error = error
-            self._cond.notify_all()
-        if self._wakeup is not None:
-            self._wakeup.set()
-
-
-def _fresh(error: BaseException) -> BaseException:
-    """A new exception like ``error``, so repeated ``get`` calls do not grow one traceback."""
-    if isinstance(error, (_TryNext, _RenewToken)):
-        return EtcdUnavailable(str(error))
-    try:
-        return type(error)(*error.args)
-    except Exception:
-        return error

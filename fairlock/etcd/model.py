@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import bisect
 import threading as _threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ArgumentTypeError, InvalidArgumentError
+from ._endpoints import QueuedWatch
 from .transport import (
     Compare,
     Delete,
@@ -331,19 +331,17 @@ class EtcdModel:
                 self._watches.remove(w)
 
 
-class _ModelWatch(Watch):
+class _ModelWatch(QueuedWatch):
+    _drop_after_error = True
+
     def __init__(self, model: EtcdModel, key: bytes, range_end: bytes | None, start: int,
                  no_put: bool, wakeup: Any) -> None:
+        super().__init__(wakeup)
         self.start_revision = start
         self._model = model
         self._key = key
         self._range_end = range_end
         self._no_put = no_put
-        self._wakeup = wakeup
-        self._cond = _threading.Condition(_threading.Lock())
-        self._events: deque[WatchEvent] = deque()
-        self._error: EtcdError | None = None
-        self._cancelled = False
 
     def __repr__(self) -> str:
         return (f"<ModelWatch {self._key!r} from {self.start_revision}, "
@@ -353,50 +351,16 @@ class _ModelWatch(Watch):
         mine = [ev for ev in events if _in_range(ev.kv.key, self._key, self._range_end)
                 and ev.kv.mod_revision >= self.start_revision
                 and not (self._no_put and ev.type == "PUT")]
-        if not mine:
-            return
-        with self._cond:
-            if self._cancelled or self._error is not None:
-                return
-            self._events.extend(mine)
-            self._cond.notify_all()
-        if self._wakeup is not None:
-            self._wakeup.set()
+        if mine:
+            self._deliver(mine)
 
-    def _break(self, error: EtcdError) -> None:
-        with self._cond:
-            if self._cancelled or self._error is not None:
-                return
-            self._error = error
-            self._cond.notify_all()
+    def _fresh_error(self, error: BaseException) -> BaseException:
+        return type(error)(*error.args)
+
+    def _after_cancel(self, detached: Any) -> None:
         self._model._forget(self)
-        if self._wakeup is not None:
-            self._wakeup.set()
 
-    def get(self, timeout: float | None = None) -> WatchEvent | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._events:
-                    return self._events.popleft()
-                if self._cancelled:
-                    return None
-                if self._error is not None:
-                    raise type(self._error)(*self._error.args)
-                if deadline is None:
-                    self._cond.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return None
-                    self._cond.wait(remaining)
-
-    def cancel(self) -> None:
-        with self._cond:
-            if self._cancelled:
-                return
-            self._cancelled = True
-            self._cond.notify_all()
+    def _after_break(self, detached: Any) -> None:
         self._model._forget(self)
 
 
