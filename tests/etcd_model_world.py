@@ -86,6 +86,7 @@ class RecordingTransport(ModelTransport):
         self._countdown: int | None = None
         self.paused = threading.Event()
         self._open = threading.Event()
+        self._delayed: list[list[Any]] = []  # [calls to let through, method, error, applied]
 
     # -- the gate --
 
@@ -107,8 +108,24 @@ class RecordingTransport(ModelTransport):
             assert time.monotonic() < deadline, "a resumed process did not leave its gate"
             time.sleep(0.0005)
 
-    def _gate(self) -> None:
+    def fail_later(self, method: str, error: EtcdError, applied: bool, nth: int) -> None:
+        """Like fail_next, for the nth next call of ``method``."""
         with self._gate_mutex:
+            self._delayed.append([nth, method, error, applied])
+
+    def clear_faults(self) -> None:
+        with self.model._mutex, self._gate_mutex:  # _enter consumes faults under the model's mutex
+            self._delayed.clear()
+            self._faults.clear()
+
+    def _gate(self, method: str) -> None:
+        with self._gate_mutex:
+            for delayed in list(self._delayed):
+                if delayed[1] == method:
+                    delayed[0] -= 1
+                    if delayed[0] <= 0:
+                        self._delayed.remove(delayed)
+                        self.fail_next(method, delayed[2], after_apply=delayed[3])
             if self._countdown is None:
                 return
             self._countdown -= 1
@@ -136,7 +153,7 @@ class RecordingTransport(ModelTransport):
                     self.writers[revision] = (kind, self.lease)
 
     def txn(self, compare: Any, success: Any, failure: Any = ()) -> Any:
-        self._gate()
+        self._gate("txn")
 
         def call() -> Any:
             # etcd checks the leases of the Puts of the branch it takes only; the model checks both
@@ -150,11 +167,11 @@ class RecordingTransport(ModelTransport):
         return self._recorded("txn", call)
 
     def get_range(self, key: bytes, range_end: bytes | None = None) -> Any:
-        self._gate()
+        self._gate("get_range")
         return self._recorded("read", lambda: super(RecordingTransport, self).get_range(key, range_end))
 
     def watch(self, key: bytes, start_revision: int, range_end: bytes | None = None, **kw: Any) -> Any:
-        self._gate()
+        self._gate("watch")
         return self._recorded("watch", lambda: super(RecordingTransport, self).watch(
             key, start_revision, range_end, **kw))
 
@@ -224,6 +241,7 @@ class Proc:
     token: int | None = None  # what this process believes it holds
     told_lost: list[int] = field(default_factory=list)  # on_lost tokens
     faults_at_start: int = 0
+    watches_broken: bool = False  # while the running command waited
 
     @property
     def lease(self) -> int:
@@ -254,6 +272,7 @@ class HistoryCheck:
         self.grants: dict[int, tuple[int, int | None]] = {}  # token -> (lease, ticket or None)
         self.lease_died: dict[int, int] = {}  # lease -> revision at which its keys went
         self.last_revision = 0
+        self.log: list[str] = []  # one line per revision, for failure messages
 
     def feed(self, events: list[WatchEvent]) -> None:
         by_revision: dict[int, list[WatchEvent]] = {}
@@ -270,6 +289,8 @@ class HistoryCheck:
     def _revision(self, r: int, evs: list[WatchEvent]) -> None:
         where = f"revision {r}"
         kind, lease = self.writers.get(r, ("?", 0))
+        self.log.append(f"r{r} {kind} by {lease:x}: " + ", ".join(
+            f"{ev.type} {ev.kv.key.decode().rsplit('/', 1)[-1][:16]}" for ev in evs))
         for ev in evs:
             assert ev.kv.key == OWNER_KEY or WPREFIX <= ev.kv.key < WEND, f"{where}: stray key {ev.kv.key!r}"
         if kind in ("expire", "revoke"):
@@ -393,6 +414,7 @@ class World:
         self.claims: dict[int, int] = {}  # token -> lease that claimed it
         self.procs: list[Proc] = []
         self.log: list[str] = []
+        self.failed = False
         for i in range(procs):
             self.procs.append(self._new_proc(i))
 
@@ -506,6 +528,8 @@ class World:
         self.settle()
 
     def break_watches(self) -> None:
+        for p in self.procs:
+            p.watches_broken |= p.status == "acquiring"
         with self.model._mutex:
             self._drain_history()
             self.model.break_watches()
@@ -520,9 +544,10 @@ class World:
                 self.model.compact()
         self.settle()
 
-    def fault(self, i: int, name: str) -> None:
+    def fault(self, i: int, name: str, nth: int = 1) -> None:
+        """Process i's nth next call of the fault's method fails (see FAULTS)."""
         method, error, applied = FAULTS[name]()
-        self.procs[i].transport.fail_next(method, error, after_apply=applied)
+        self.procs[i].transport.fail_later(method, error, applied, nth)
         self.settle()
 
     def pause(self, i: int, nth: int) -> None:
@@ -538,6 +563,7 @@ class World:
 
     def _start(self, p: Proc, command: Callable[[], Any]) -> None:
         p.faults_at_start = p.transport.faults_fired
+        p.watches_broken = False
         self.log.append(f"p{p.index} {p.command}")
         p.worker.submit(command)
 
@@ -564,6 +590,13 @@ class World:
         return any_paused or owner is not None or not live_waiters
 
     def settle(self, wait_for: Proc | None = None) -> None:
+        try:
+            self._settle(wait_for)
+        except BaseException:
+            self.failed = True  # the end (drain) would only fail again, hiding this failure
+            raise
+
+    def _settle(self, wait_for: Proc | None) -> None:
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while True:
             self._collect()
@@ -593,8 +626,11 @@ class World:
             if isinstance(what, AssertionError):
                 raise what
             # LeaseNotFound: the lease died before the session noticed; it says so too.
+            # An etcd error still there at the deadline is raised (waiters ride errors out only
+            # until their deadline), even a broken watch that a re-watch would have mended.
             expected = (isinstance(what, (LockLost, SessionLost, LeaseNotFound)) and lost) or (
-                isinstance(what, EtcdError) and self._fault_fired(p))
+                isinstance(what, EtcdError) and self._fault_fired(p)) or (
+                isinstance(what, EtcdError) and p.timed_out and p.watches_broken)
             assert expected, f"{where} raised {what!r} (lease alive: {not lost}, fault fired: {self._fault_fired(p)})"
             p.status, p.token = "idle", None
             self.log.append(f"  p{p.index} raised {type(what).__name__}")
@@ -642,7 +678,7 @@ class World:
         assert len(live_believers) <= 1, f"two live holders: {live_believers}"
         for p in live_believers:
             assert owner is not None and owner.mod_revision == p.lock.fencing_token and owner.lease == p.lease, \
-                f"{p} believes it holds token {p.lock.fencing_token}, etcd owner is {owner}"
+                f"{p} believes it holds token {p.lock.fencing_token}, etcd owner is {owner}: {self.describe()}"
         for p in believers:
             assert p.lease in live or not p.session.lost, f"{p} is_held() after its session was lost"
         if owner is not None and not any(p.transport.paused.is_set() for p in self.procs):
@@ -663,6 +699,7 @@ class World:
             lines.append(f"  {p!r} cmd={p.command} done={p.worker.done.is_set()} paused={p.transport.paused.is_set()} "
                          f"lost={p.session.lost} outcome={p.worker.outcome!r}")
         lines.append("  log: " + "; ".join(self.log[-30:]))
+        lines.append("  etcd: " + "; ".join(self.history.log[-30:]))
         return "\n".join(lines)
 
     # -- the end --
@@ -670,7 +707,7 @@ class World:
     def drain(self) -> None:
         """Undo every pause and fault, let every queued waiter through, then check nothing is left."""
         for p in self.procs:
-            p.transport._faults.clear()
+            p.transport.clear_faults()
             p.transport.resume()
         self.settle()
         for p in self.procs:  # a session that declared itself lost stopped refreshing: its lease expires
@@ -691,7 +728,7 @@ class World:
     def close(self) -> None:
         """Close every session and stop every thread (also after a failure)."""
         for p in self.procs:
-            p.transport._faults.clear()
+            p.transport.clear_faults()
             p.transport.resume()
         for p in self.procs:
             p.session.close()

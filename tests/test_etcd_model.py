@@ -16,13 +16,14 @@ waiters, or its release deletes the owner key without the fencing compare.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 from fairlock.etcd import EtcdLock, SessionLost
 from fairlock.etcd.transport import Compare, Delete
@@ -30,10 +31,21 @@ from fairlock.etcd.transport import Compare, Delete
 from .etcd_model_world import FAULTS, LANES, OWNER_KEY, World
 
 LANE_CHOICES = st.sampled_from([None, *LANES])
+MAX_PROCS = 6
+#: Which etcd call of its step a process stops before, in a race; a release's 2nd call is its
+#: grant, after reading the queue.
+NTH = st.sampled_from([1, 2, 2, 3])
+#: What may happen to the process taking a step: nothing; it stops before its nth etcd call (so
+#: that other steps run in between, until a resume step); or its nth call of a method fails.
+TROUBLE = st.sampled_from([None] * 12 + [("pause", n) for n in (1, 2, 3)]
+                          + [(fault, n) for fault in sorted(FAULTS) for n in (1, 2)])
 
 
 def _pick(data: st.DataObject, procs: list[Any], label: str) -> int:
-    return int(data.draw(st.sampled_from([p.index for p in procs]), label=label))
+    # Drawn independently of the candidates, so that a replay whose threads went slightly
+    # differently draws the same data (hypothesis insists on that while shrinking).
+    n = data.draw(st.integers(0, MAX_PROCS - 1), label=label)
+    return int(procs[n % len(procs)].index) if procs else -1
 
 
 class EtcdLockMachine(RuleBasedStateMachine):
@@ -43,7 +55,7 @@ class EtcdLockMachine(RuleBasedStateMachine):
         super().__init__()
         self.world: World | None = None
 
-    @initialize(procs=st.integers(2, 5), k=st.sampled_from([0, 1, 2]))
+    @initialize(procs=st.integers(2, MAX_PROCS), k=st.sampled_from([0, 1, 2]))
     def setup(self, procs: int, k: int) -> None:
         self.world = World(procs, k, self.lock_class)
 
@@ -51,7 +63,8 @@ class EtcdLockMachine(RuleBasedStateMachine):
         if self.world is None:
             return
         try:
-            self.world.drain()
+            if not self.world.failed:
+                self.world.drain()
         finally:
             self.world.close()
 
@@ -64,90 +77,163 @@ class EtcdLockMachine(RuleBasedStateMachine):
                 and (alive is None or w.alive(p) == alive)
                 and (armed is None or p.transport.armed == armed)]
 
-    def _can(self, *statuses: str, **kw: Any) -> bool:
-        return self.world is not None and bool(self._procs(*statuses, **kw))
+    # -- rules --------------------------------------------------------------------------------
+    # Requests and releases are several rules each, so that they are most of the steps (rules are
+    # drawn uniformly, and swarm testing switches whole rules off per example); every disruption
+    # is one rule, ``disrupt``, which draws its kind. No rule has a precondition and every rule
+    # draws the same data whatever the state: the state depends a little on thread timing, and
+    # hypothesis must be able to replay a schedule while shrinking it. A rule nobody can take
+    # now does nothing.
 
-    # -- rules --
-
-    @precondition(lambda self: self._can("idle", armed=None))
-    @rule(data=st.data(), lane=LANE_CHOICES, mode=st.sampled_from(["wait", "wait", "timed", "try"]))
-    def request(self, data: st.DataObject, lane: str | None, mode: str) -> None:
+    def _trouble(self, i: int, trouble: tuple[str, int] | None) -> None:
         assert self.world is not None
-        self.world.request(_pick(data, self._procs("idle", armed=None), "proc"), lane, mode)
+        if trouble is None:
+            return
+        what, nth = trouble
+        if what != "pause":
+            self.world.fault(i, what, nth)
+        elif not self.world.procs[i].transport.armed:
+            self.world.pause(i, nth)
 
-    @precondition(lambda self: self._can("holding", alive=None, armed=None))
+    def _request(self, data: st.DataObject, lane: str | None, mode: str,
+                 trouble: tuple[str, int] | None = None) -> None:
+        assert self.world is not None
+        i = _pick(data, self._procs("idle", armed=None), "proc")
+        if i >= 0:
+            self._trouble(i, trouble)
+            self.world.request(i, lane, mode)
+
+    @rule(data=st.data(), lane=LANE_CHOICES, mode=st.sampled_from(["wait", "timed", "try"]), trouble=TROUBLE)
+    def request(self, data: st.DataObject, lane: str | None, mode: str, trouble: tuple[str, int] | None) -> None:
+        self._request(data, lane, mode, trouble)
+
+    @rule(data=st.data(), lane=st.sampled_from(LANES))
+    def request_waiting(self, data: st.DataObject, lane: str) -> None:
+        self._request(data, lane, "wait")
+
+    @rule(data=st.data(), lane=st.sampled_from(LANES))
+    def request_timed(self, data: st.DataObject, lane: str) -> None:
+        self._request(data, lane, "timed")
+
+    @rule(data=st.data(), trouble=TROUBLE)
+    def release(self, data: st.DataObject, trouble: tuple[str, int] | None) -> None:
+        assert self.world is not None
+        i = _pick(data, self._procs("holding", alive=None, armed=None), "proc")
+        if i >= 0:
+            self._trouble(i, trouble)
+            self.world.release(i)
+
     @rule(data=st.data())
-    def release(self, data: st.DataObject) -> None:
-        assert self.world is not None
-        self.world.release(_pick(data, self._procs("holding", alive=None, armed=None), "proc"))
+    def release_again(self, data: st.DataObject) -> None:
+        self.release(data, None)
 
-    @precondition(lambda self: self.world is not None and any(
-        p.timed for p in self._procs("acquiring", alive=None)))
-    @rule(data=st.data())
-    def timeout(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), trouble=TROUBLE)
+    def timeout(self, data: st.DataObject, trouble: tuple[str, int] | None) -> None:
         assert self.world is not None
-        self.world.timeout(_pick(data, [p for p in self._procs("acquiring", alive=None) if p.timed], "proc"))
+        i = _pick(data, [p for p in self._procs("acquiring", alive=None, armed=None) if p.timed], "proc")
+        if i >= 0:
+            self._trouble(i, trouble)
+            self.world.timeout(i)
 
-    @precondition(lambda self: self._can(armed=None))
-    @rule(data=st.data(), notice=st.booleans())
-    def expire(self, data: st.DataObject, notice: bool) -> None:
-        assert self.world is not None
-        self.world.expire(_pick(data, self._procs(armed=None), "proc"), notice)
-
-    @precondition(lambda self: self.world is not None and any(
-        not p.session.lost and p.lease not in self.world.model.leases() for p in self.world.procs))
-    @rule(data=st.data())
-    def notice(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), first=st.sampled_from(["release", "timeout", "request"]), nth=NTH,
+          second=st.sampled_from(["request", "request", "release", "timeout", "expire", "silence",
+                                  "break-watches"]),
+          lane=LANE_CHOICES)
+    def race(self, data: st.DataObject, first: str, nth: int, second: str, lane: str | None) -> None:
+        """One process's step stops before its nth etcd call; another's runs; then the first goes on."""
         w = self.world
         assert w is not None
-        w.notice(_pick(data, [p for p in w.procs if not p.session.lost and p.lease not in w.model.leases()],
-                       "proc"))
+        candidates = {
+            "release": lambda: self._procs("holding", alive=None, armed=False),
+            "timeout": lambda: [p for p in self._procs("acquiring", alive=None, armed=False) if p.timed],
+            "request": lambda: self._procs("idle", armed=False),
+            "expire": lambda: self._procs(armed=None),
+            "silence": lambda: self._procs(armed=None),
+            "break-watches": lambda: self._procs(armed=None),
+        }
+        i = _pick(data, candidates[first](), "first")
+        j = _pick(data, [p for p in candidates[second]() if p.index != i], "second")
+        if i < 0 or j < 0:
+            return
+        w.pause(i, nth)
+        for kind, k in ((first, i), (second, j)):
+            if kind == "release":
+                w.release(k)
+            elif kind == "timeout":
+                w.timeout(k)
+            elif kind == "request":
+                w.request(k, lane, "wait")
+            elif kind == "expire":
+                w.expire(k, notice=False)
+            elif kind == "silence":
+                w.silence(k)
+            else:
+                w.break_watches()
+        if w.procs[i].transport.armed:
+            w.resume(i)
 
-    @precondition(lambda self: self._can(armed=None))
-    @rule(data=st.data())
-    def silence(self, data: st.DataObject) -> None:
-        assert self.world is not None
-        self.world.silence(_pick(data, self._procs(armed=None), "proc"))
+    @rule(data=st.data(), first=st.sampled_from(["release", "timeout"]), nth=NTH, lane=LANE_CHOICES)
+    def race_a_request(self, data: st.DataObject, first: str, nth: int, lane: str | None) -> None:
+        self.race(data, first, nth, "request", lane)
 
-    @precondition(lambda self: self._can(alive=None, armed=False))
-    @rule(data=st.data())
-    def restart(self, data: st.DataObject) -> None:
-        assert self.world is not None
-        self.world.restart(_pick(data, self._procs(alive=None, armed=False), "proc"))
-
-    @precondition(lambda self: self.world is not None)
-    @rule()
-    def break_watches(self) -> None:
-        assert self.world is not None
-        self.world.break_watches()
-
-    @precondition(lambda self: self.world is not None)
-    @rule()
-    def compact(self) -> None:
-        assert self.world is not None
-        self.world.compact()
-
-    @precondition(lambda self: self._can(alive=None, armed=None))
-    @rule(data=st.data(), fault=st.sampled_from(sorted(FAULTS)))
-    def fault(self, data: st.DataObject, fault: str) -> None:
-        assert self.world is not None
-        self.world.fault(_pick(data, self._procs(alive=None, armed=None), "proc"), fault)
-
-    @precondition(lambda self: self._can(alive=None, armed=False))
-    @rule(data=st.data(), nth=st.integers(1, 3))
-    def pause(self, data: st.DataObject, nth: int) -> None:
-        assert self.world is not None
-        self.world.pause(_pick(data, self._procs(alive=None, armed=False), "proc"), nth)
-
-    @precondition(lambda self: self._can(alive=None, armed=True))
     @rule(data=st.data())
     def resume(self, data: st.DataObject) -> None:
         assert self.world is not None
-        self.world.resume(_pick(data, self._procs(alive=None, armed=True), "proc"))
+        i = _pick(data, self._procs(alive=None, armed=True), "proc")
+        if i >= 0:
+            self.world.resume(i)
 
+    @rule(data=st.data())
+    def resume_again(self, data: st.DataObject) -> None:
+        self.resume(data)
+
+    @rule(data=st.data())
+    def restart_dead(self, data: st.DataObject) -> None:
+        """A process whose lease or session is gone starts again (a new session)."""
+        assert self.world is not None
+        i = _pick(data, self._procs(alive=False, armed=False), "proc")
+        if i >= 0:
+            self.world.restart(i)
+
+    @rule(data=st.data(), kind=st.sampled_from([
+        "pause", "fault", "expire", "expire-noticed", "notice", "silence", "restart", "break-watches",
+        "compact"]))
+    def disrupt(self, data: st.DataObject, kind: str) -> None:
+        w = self.world
+        assert w is not None
+        if kind in ("break-watches", "compact"):
+            w.break_watches() if kind == "break-watches" else w.compact()
+            return
+        if kind == "notice":
+            procs = [p for p in w.procs if not p.session.lost and p.lease not in w.model.leases()]
+        elif kind in ("pause", "restart"):
+            procs = self._procs(alive=None, armed=False)
+        else:
+            procs = self._procs(alive=None if kind == "fault" else True, armed=None)
+        i = _pick(data, procs, "proc")
+        nth = data.draw(st.integers(1, 3), label="nth call") if kind in ("pause", "fault") else 0
+        fault = data.draw(st.sampled_from(sorted(FAULTS)), label="fault") if kind == "fault" else ""
+        if i < 0:
+            return
+        if kind == "pause":
+            w.pause(i, nth)
+        elif kind == "fault":
+            w.fault(i, fault, nth)
+        elif kind.startswith("expire"):
+            w.expire(i, notice=kind == "expire-noticed")
+        elif kind == "notice":
+            w.notice(i)
+        elif kind == "silence":
+            w.silence(i)
+        else:
+            w.restart(i)
+
+
+#: Examples the search for a broken lock may take (it needs about 100 for each).
+TEETH_EXAMPLES = 400
 
 SETTINGS = settings(
-    max_examples=int(__import__("os").environ.get("ETCD_MODEL_EXAMPLES", "60")),
+    max_examples=int(os.environ.get("ETCD_MODEL_EXAMPLES", "500")),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=list(HealthCheck),
@@ -168,7 +254,8 @@ def world(procs: int = 2, k: int = 0, lock_class: type[EtcdLock] = EtcdLock) -> 
     w = World(procs, k, lock_class)
     try:
         yield w
-        w.drain()
+        if not w.failed:
+            w.drain()
     finally:
         w.close()
 
@@ -272,3 +359,75 @@ def test_model_checks_leases_of_the_branch_not_taken() -> None:
     # Real etcd 3.4 takes the failure branch here (checked against etcd 3.4.23).
     result = t.txn([Compare(b"/x", "version", ">", 0)], [Put(b"/y", b"v", lease=lease)], [Range(b"/x")])
     assert not result.succeeded
+
+
+# -- teeth: the same checks catch a deliberately broken lock ----------------------------------
+
+
+class SkipsWaitersCompare(EtcdLock):
+    """Broken on purpose: a grant does not check that the waiters are still as it read them."""
+
+    def _try_txn(self, compare: Any, success: Any, failure: Any = ()) -> Any:
+        compare = [c for c in compare if not (c.key == self._wprefix and c.target == "mod_revision")]
+        return super()._try_txn(compare, success, failure)
+
+
+class ReleasesWithoutFencing(EtcdLock):
+    """Broken on purpose: a release deletes the owner key without checking it is still ours."""
+
+    def _try_txn(self, compare: Any, success: Any, failure: Any = ()) -> Any:
+        if list(success) == [Delete(self._owner_key)]:
+            compare = [c for c in compare if c.key != self._owner_key]
+        return super()._try_txn(compare, success, failure)
+
+
+def grant_from_a_stale_read(lock_class: type[EtcdLock]) -> None:
+    with world(3, k=2, lock_class=lock_class) as w:
+        w.request(0)
+        w.request(1, "low")
+        w.pause(0, 2)  # p0's release read the queue (p1 only) and is about to grant
+        w.release(0)
+        w.request(2, "high")  # a newer, higher-lane waiter arrives
+        w.resume(0)  # the rule now chooses p2
+        assert w.procs[2].status == "holding"
+
+
+def release_after_the_lease_expired(lock_class: type[EtcdLock]) -> None:
+    with world(2, lock_class=lock_class) as w:
+        w.request(0)
+        w.expire(0, notice=False)  # p0 does not know yet
+        w.request(1)  # the lock is free in etcd: p1 takes it
+        w.release(0)  # must not touch p1's owner key
+        assert w.procs[1].status == "holding"
+
+
+@pytest.mark.parametrize(("schedule", "broken", "caught"), [
+    (grant_from_a_stale_read, SkipsWaitersCompare, "the rule chooses"),
+    (release_after_the_lease_expired, ReleasesWithoutFencing, "not by its owner"),
+])
+def test_the_checks_catch_a_broken_lock(schedule: Any, broken: type[EtcdLock], caught: str) -> None:
+    schedule(EtcdLock)
+    with pytest.raises(AssertionError, match=caught):
+        schedule(broken)
+
+
+def _failures(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [e for sub in exc.exceptions for e in _failures(sub)]
+    linked = exc.__cause__ or exc.__context__
+    return [exc, *(_failures(linked) if linked else [])]
+
+
+@pytest.mark.parametrize(("broken", "caught"), [
+    (SkipsWaitersCompare, "the rule chooses"),
+    (ReleasesWithoutFencing, "not by its owner"),
+])
+def test_the_schedules_find_a_broken_lock(broken: type[EtcdLock], caught: str) -> None:
+    machine = type(f"{broken.__name__}Machine", (EtcdLockMachine,), {"lock_class": broken})
+    # Derandomized, so the search is the same every run: it finds both after about 100 examples.
+    search = settings(SETTINGS, max_examples=TEETH_EXAMPLES, phases=[Phase.generate], derandomize=True,
+                      report_multiple_bugs=False)
+    with pytest.raises(BaseException) as info:  # noqa: PT011 - which failure is checked below
+        run_state_machine_as_test(machine, settings=search)
+    messages = [str(e) for e in _failures(info.value)]
+    assert any(caught in m for m in messages), messages
