@@ -1,10 +1,13 @@
 """A world of simulated processes sharing one in-memory etcd, for property tests of EtcdLock.
 
-Each :class:`Proc` is one process: its own ``ModelTransport`` (one client), ``Session`` (one lease)
-and ``EtcdLock``, driven by one worker thread (the local lock is owned by a thread, so acquire and
-release run on the same one). The test thread is the driver: it submits commands, then *settles*:
-it waits, by polling etcd state (never a fixed sleep), until every busy process is done, parked as
-a queued waiter behind an owner, or paused at a gate the schedule set. Then it checks.
+A process has its own ``ModelTransport`` (one client), ``Session`` (one lease) and ``EtcdLock``,
+and one or two threads (:class:`Proc`, each a worker thread: the local lock is owned by a thread,
+so acquire and release run on the same one; two threads exercise the lock's two levels). The test
+thread is the driver: it submits commands, then *settles*: it waits, by polling etcd and local
+state (never a fixed sleep), until every busy thread is done, parked (its process queued in etcd
+behind an owner, or queued locally behind its sibling), or paused at a gate the schedule set
+(:meth:`RecordingTransport.pause_at`: stopped before its nth etcd call while other steps run).
+Then it checks.
 
 What is checked, and from where:
 
@@ -17,9 +20,12 @@ What is checked, and from where:
    K times; a waiter that found A waiters queued is granted after at most A + K grants to others.
 2. **What processes believe**: an acquire that returns True holds a grant etcd made to its lease
    (each grant claimed once), is ``is_held()`` or was told ``on_lost``; among processes with a live
-   lease at most one ``is_held()``, and it is the owner key's; the owner key always belongs to a
-   process that holds the lock or is still inside acquire/release; waiters are never stranded
-   (waiter keys and no owner key, once everything settled); unexpected exceptions fail.
+   lease at most one ``is_held()``, and it is the owner key's, and one thread of it holds; the
+   owner key always belongs to a process that holds the lock or is still inside acquire/release
+   (or whose session declared itself lost: its lease is about to expire); waiters are never
+   stranded (waiter keys and no owner key once everything settled), and a grant is noticed
+   within the settle time, which is below the lock's 5 s re-check (a missed wake-up fails);
+   exceptions other than the lost-session ones, or an injected fault's, fail.
 3. **The end**: every waiter is eventually granted (drain), then no key is left under the prefix
    while the sessions are still open, and none after they close.
 
@@ -227,7 +233,10 @@ class FakeClock:
 
 @dataclass
 class Proc:
+    """One thread of a process (a process's threads share its transport, session, lock, clock)."""
+
     index: int
+    process: int
     transport: RecordingTransport
     session: Session
     lock: EtcdLock
@@ -248,7 +257,7 @@ class Proc:
         return self.session.lease_id
 
     def __repr__(self) -> str:
-        return f"p{self.index}({self.lease:x} {self.status})"
+        return f"p{self.index}({self.lease:x}{'' if self.index == self.process else f' t{self.process}'} {self.status})"
 
 
 @dataclass
@@ -402,7 +411,11 @@ class HistoryCheck:
 class World:
     """N processes, one model etcd, one lock name. Steps are methods; each ends settled and checked."""
 
-    def __init__(self, procs: int, max_bypass: int | None, lock_class: type[EtcdLock] = EtcdLock) -> None:
+    def __init__(self, procs: int, max_bypass: int | None, lock_class: type[EtcdLock] = EtcdLock,
+                 threads: list[int] | None = None) -> None:
+        """``procs`` processes; ``threads[n]`` threads in process n (1 each by default): the threads
+        of a process share one session and one EtcdLock (its two levels: local queue, one etcd
+        waiter). ``procs`` (the list of every thread) is what steps index."""
         self.model = EtcdModel()
         self.lanes = Lanes(LANES)
         self.max_bypass = max_bypass
@@ -415,20 +428,27 @@ class World:
         self.procs: list[Proc] = []
         self.log: list[str] = []
         self.failed = False
-        for i in range(procs):
-            self.procs.append(self._new_proc(i))
+        for n in range(procs):
+            count = threads[n] if threads else 1
+            first = len(self.procs)
+            self.procs.extend(self._new_process(list(range(first, first + count))))
 
     # -- processes --
 
-    def _new_proc(self, index: int, worker: Worker | None = None) -> Proc:
+    def _new_process(self, indices: list[int], workers: list[Worker] | None = None) -> list[Proc]:
         transport = RecordingTransport(self.model, self.writers)
         session = Session(transport, ttl=TTL, prefix=PREFIX)
         clock = FakeClock()
         told: list[int] = []
         lock = self.lock_class(NAME, session, lanes=LANES, max_bypass=self.max_bypass, clock=clock,
                                on_lost=lambda lock, token, reason: told.append(token))  # type: ignore[misc]
-        proc = Proc(index, transport, session, lock, clock, worker or Worker(f"proc-{index}"), told_lost=told)
-        return proc
+        return [Proc(i, indices[0], transport, session, lock, clock,
+                     workers[k] if workers else Worker(f"proc-{i}"), told_lost=told)
+                for k, i in enumerate(indices)]
+
+    def threads(self, p: Proc) -> list[Proc]:
+        """The threads of p's process (p included)."""
+        return [q for q in self.procs if q.process == p.process]
 
     def alive(self, proc: Proc) -> bool:
         """The process can still take the lock: lease in etcd, session neither lost nor closed."""
@@ -441,6 +461,8 @@ class World:
         p = self.procs[i]
         assert p.status == "idle"
         lock = p.lock
+        if mode == "timed" and len(self.threads(p)) > 1:
+            mode = "wait"  # a thread queued behind its sibling waits in real time, not on p.clock
 
         def acquire() -> tuple[bool, int | None, bool]:
             if mode == "try":
@@ -503,28 +525,32 @@ class World:
             p.session.keepalive_once()
         except LeaseNotFound:
             pass
-        self.settle(wait_for=p if p.status == "acquiring" and p.session.lost else None)
+        self.settle()  # (settled: waiters of a lost session have stopped, see _settled)
 
     def silence(self, i: int) -> None:
         """Process i's keepalive has failed for a whole ttl: the session declares itself lost, as
         its keepalive thread does; etcd may not have expired the lease yet."""
         p = self.procs[i]
         p.session._mark_lost(f"no keepalive succeeded for {TTL}s (simulated)")
-        self.settle(wait_for=p if p.status == "acquiring" and not p.transport.paused.is_set() else None)
+        self.settle()  # (settled: waiters of a lost session have stopped, see _settled)
 
     def restart(self, i: int) -> None:
         """Process i closes its session (revoking its lease) and starts a new one."""
         p = self.procs[i]
+        threads = self.threads(p)
         assert not p.transport.armed
         p.session.close()
-        self.settle(wait_for=p)
-        if p.status == "holding":
-            p.status, p.command = "releasing", "release() after close"
-            self._start(p, p.lock.release)
-            self.settle(wait_for=p)
-        assert p.status == "idle", p
+        for _ in range(len(threads) + 1):  # a thread queued behind a holder goes on when it releases
+            self.settle()
+            for q in threads:
+                if q.status == "holding":
+                    q.status, q.command = "releasing", "release() after close"
+                    self._start(q, q.lock.release)
+        self.settle(wait_for=threads)
+        assert all(q.status == "idle" for q in threads), threads
         p.transport.close()
-        self.procs[i] = self._new_proc(i, p.worker)
+        for q in self._new_process([q.index for q in threads], [q.worker for q in threads]):
+            self.procs[q.index] = q
         self.settle()
 
     def break_watches(self) -> None:
@@ -576,32 +602,43 @@ class World:
         dying = {p.lease for p in self.procs if p.session.lost or p.session.closed}
         live_waiters = [lease for lease in waiters if lease not in dying]
         any_paused = any(p.transport.paused.is_set() for p in self.procs)
-        for p in self.procs:
-            if p.worker.done.is_set() or p.transport.paused.is_set():
+        for n in sorted({p.process for p in self.procs}):
+            threads = [p for p in self.procs if p.process == n]
+            busy = [p for p in threads if not p.worker.done.is_set()]
+            first = threads[0]
+            if not busy or first.transport.paused.is_set():
                 continue
-            if p.status != "acquiring" or p.lease not in waiters:
-                return False
+            if any(p.status != "acquiring" for p in busy):
+                return False  # a release must finish
+            queued_locally = first.lock._local.statistics().waiting
+            if any(p.status == "holding" for p in threads):
+                if queued_locally != len(busy):
+                    return False
+                continue  # all queued behind their sibling, until it releases
+            if first.session.lost or first.session.closed or any(p.timed_out for p in busy):
+                return False  # must stop
+            if queued_locally != len(busy) - 1 or first.lease not in waiters:
+                return False  # one thread queues in etcd for the process, the others behind it
             if owner is None and not any_paused:
                 return False  # the crashed owner's key is gone: someone must recover
-            if owner is not None and decode_value(owner).get("waiter") == waiters[p.lease].key.decode():
+            if owner is not None and decode_value(owner).get("waiter") == waiters[first.lease].key.decode():
                 return False  # granted: it must notice
-            if p.session.lost or p.session.closed or p.timed_out:
-                return False  # must stop
         return any_paused or owner is not None or not live_waiters
 
-    def settle(self, wait_for: Proc | None = None) -> None:
+    def settle(self, wait_for: Proc | list[Proc] | None = None) -> None:
+        """Wait until every busy thread is done, parked or paused (and those of ``wait_for``
+        done or paused); then check."""
         try:
-            self._settle(wait_for)
+            self._settle([] if wait_for is None else [wait_for] if isinstance(wait_for, Proc) else wait_for)
         except BaseException:
             self.failed = True  # the end (drain) would only fail again, hiding this failure
             raise
 
-    def _settle(self, wait_for: Proc | None) -> None:
+    def _settle(self, wait_for: list[Proc]) -> None:
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while True:
             self._collect()
-            if self._settled() and (wait_for is None or wait_for.worker.done.is_set()
-                                    or wait_for.transport.paused.is_set()):
+            if self._settled() and all(p.worker.done.is_set() or p.transport.paused.is_set() for p in wait_for):
                 self._collect()
                 break
             if time.monotonic() > deadline:
@@ -673,7 +710,11 @@ class World:
         kvs = self.model.keys()
         owner = kvs.get(OWNER_KEY)
         live = self.model.leases()
-        believers = [p for p in self.procs if p.lock.is_held()]
+        holding = [p for p in self.procs if p.status == "holding"]
+        for p in holding:
+            assert len([q for q in self.threads(p) if q.status == "holding"]) == 1, \
+                f"two threads of one process hold the lock: {self.threads(p)}"
+        believers = [self.threads(p)[0] for p in self.procs if p.index == p.process and p.lock.is_held()]
         live_believers = [p for p in believers if p.lease in live]
         assert len(live_believers) <= 1, f"two live holders: {live_believers}"
         for p in live_believers:
@@ -682,13 +723,13 @@ class World:
         for p in believers:
             assert p.lease in live or not p.session.lost, f"{p} is_held() after its session was lost"
         if owner is not None and not any(p.transport.paused.is_set() for p in self.procs):
-            by_lease = {p.lease: p for p in self.procs}
-            p = by_lease.get(owner.lease)
-            assert p is not None, f"the owner key belongs to an old incarnation {owner.lease:x}"
-            ok = p.status in ("holding", "releasing", "acquiring") or p.session.lost
-            assert ok, f"stranded: the owner key is {p}'s, which does not hold the lock ({self.describe()})"
-            if p.status == "holding" and not p.session.lost:
-                assert owner.mod_revision == p.token, f"{p} holds token {p.token}, etcd says {owner.mod_revision}"
+            threads = [p for p in self.procs if p.lease == owner.lease]
+            assert threads, f"the owner key belongs to an old incarnation {owner.lease:x}"
+            ok = any(p.status in ("holding", "releasing", "acquiring") for p in threads) or threads[0].session.lost
+            assert ok, f"stranded: the owner key is {threads}'s, which do not hold the lock ({self.describe()})"
+            for p in threads:
+                if p.status == "holding" and not p.session.lost:
+                    assert owner.mod_revision == p.token, f"{p} holds token {p.token}, etcd says {owner.mod_revision}"
 
     def describe(self) -> str:
         kvs = self.model.keys()
@@ -732,6 +773,17 @@ class World:
             p.transport.resume()
         for p in self.procs:
             p.session.close()
+        for _ in range(3):  # a holder that never released keeps its siblings queued locally
+            for p in self.procs:
+                if not p.worker.done.wait(2):
+                    continue
+                acquired = p.status == "acquiring" and p.worker.outcome is not None and \
+                    p.worker.outcome[0] == "ok" and p.worker.outcome[1][0]
+                if p.status == "holding" or acquired:
+                    p.status = "idle"
+                    p.worker.submit(p.lock.release)
+                elif p.status != "holding":
+                    p.status = "idle"
         for p in self.procs:
             p.worker.done.wait(5)
             p.worker.stop()

@@ -44,7 +44,7 @@ TROUBLE = st.sampled_from([None] * 12 + [("pause", n) for n in (1, 2, 3)]
 def _pick(data: st.DataObject, procs: list[Any], label: str) -> int:
     # Drawn independently of the candidates, so that a replay whose threads went slightly
     # differently draws the same data (hypothesis insists on that while shrinking).
-    n = data.draw(st.integers(0, MAX_PROCS - 1), label=label)
+    n = data.draw(st.integers(0, 2 * MAX_PROCS - 1), label=label)
     return int(procs[n % len(procs)].index) if procs else -1
 
 
@@ -55,9 +55,11 @@ class EtcdLockMachine(RuleBasedStateMachine):
         super().__init__()
         self.world: World | None = None
 
-    @initialize(procs=st.integers(2, MAX_PROCS), k=st.sampled_from([0, 1, 2]))
-    def setup(self, procs: int, k: int) -> None:
-        self.world = World(procs, k, self.lock_class)
+    @initialize(procs=st.integers(2, MAX_PROCS), k=st.sampled_from([0, 1, 2]),
+                threads=st.lists(st.sampled_from([1, 1, 2]), min_size=MAX_PROCS, max_size=MAX_PROCS))
+    def setup(self, procs: int, k: int, threads: list[int]) -> None:
+        """``procs`` processes of 1 or 2 threads (two threads share the process's EtcdLock)."""
+        self.world = World(procs, k, self.lock_class, threads[:procs])
 
     def teardown(self) -> None:
         if self.world is None:
@@ -152,29 +154,45 @@ class EtcdLockMachine(RuleBasedStateMachine):
             "break-watches": lambda: self._procs(armed=None),
         }
         i = _pick(data, candidates[first](), "first")
-        j = _pick(data, [p for p in candidates[second]() if p.index != i], "second")
-        if i < 0 or j < 0:
+        j_drawn = data.draw(st.integers(0, 2 * MAX_PROCS - 1), label="second")
+        if i < 0:
             return
         w.pause(i, nth)
-        for kind, k in ((first, i), (second, j)):
-            if kind == "release":
-                w.release(k)
-            elif kind == "timeout":
-                w.timeout(k)
-            elif kind == "request":
-                w.request(k, lane, "wait")
-            elif kind == "expire":
-                w.expire(k, notice=False)
-            elif kind == "silence":
-                w.silence(k)
-            else:
-                w.break_watches()
+        self._step(first, i, lane)
+        # The second is chosen now (the first may have changed who can take it), in another process.
+        others = [p for p in candidates[second]() if p.process != w.procs[i].process]
+        if others:
+            self._step(second, others[j_drawn % len(others)].index, lane)
         if w.procs[i].transport.armed:
             w.resume(i)
+
+    def _step(self, kind: str, k: int, lane: str | None) -> None:
+        w = self.world
+        assert w is not None
+        if kind == "release":
+            w.release(k)
+        elif kind == "timeout":
+            w.timeout(k)
+        elif kind == "request":
+            w.request(k, lane, "wait")
+        elif kind == "expire":
+            w.expire(k, notice=False)
+        elif kind == "silence":
+            w.silence(k)
+        else:
+            w.break_watches()
 
     @rule(data=st.data(), first=st.sampled_from(["release", "timeout"]), nth=NTH, lane=LANE_CHOICES)
     def race_a_request(self, data: st.DataObject, first: str, nth: int, lane: str | None) -> None:
         self.race(data, first, nth, "request", lane)
+
+    @rule(data=st.data(), notice=st.booleans())
+    def holder_expires(self, data: st.DataObject, notice: bool) -> None:
+        """A holder's lease expires (its process hangs or is cut off), noticed at once or not yet."""
+        assert self.world is not None
+        i = _pick(data, self._procs("holding", armed=None), "proc")
+        if i >= 0:
+            self.world.expire(i, notice)
 
     @rule(data=st.data())
     def resume(self, data: st.DataObject) -> None:
@@ -249,9 +267,10 @@ def test_etcd_lock_schedules() -> None:
 
 
 @contextlib.contextmanager
-def world(procs: int = 2, k: int = 0, lock_class: type[EtcdLock] = EtcdLock) -> Iterator[World]:
+def world(procs: int = 2, k: int = 0, lock_class: type[EtcdLock] = EtcdLock,
+          threads: list[int] | None = None) -> Iterator[World]:
     """A schedule written out by hand: every step settles and checks; the end drains and checks."""
-    w = World(procs, k, lock_class)
+    w = World(procs, k, lock_class, threads)
     try:
         yield w
         if not w.failed:
@@ -431,3 +450,15 @@ def test_the_schedules_find_a_broken_lock(broken: type[EtcdLock], caught: str) -
         run_state_machine_as_test(machine, settings=search)
     messages = [str(e) for e in _failures(info.value)]
     assert any(caught in m for m in messages), messages
+
+
+def test_two_levels_a_thread_queued_locally_raises_its_process_in_etcd() -> None:
+    with world(3, k=2, threads=[1, 2, 1]) as w:  # threads p0 | p1 p2 | p3
+        w.request(0)
+        w.request(1, "low")  # process 1 queues in etcd, low
+        w.request(3, "normal")
+        w.request(2, "high")  # queued locally behind p1: process 1's etcd waiter becomes high
+        w.release(0)
+        assert w.procs[1].status == "holding"  # ahead of p3, by the raised lane
+        w.release(1)  # p2 now queues in etcd, behind p3 (granted first)
+        assert w.procs[3].status == "holding" and w.procs[2].status == "acquiring"
