@@ -1,16 +1,20 @@
 """Property tests of the distributed lock's algorithm over the in-memory etcd model.
 
 In addition to (not instead of) the real-etcd tests in test_etcd_lock.py: hypothesis generates
-schedules of 2-5 processes (each its own client, session and lease, one worker thread) requesting
-in any lane with or without a deadline, releasing, timing out, losing their lease (noticed at once
-or later), declaring their session lost, restarting, with watches breaking, history compacted,
-transactions failing before or after being applied, and any process paused before its next etcd
-call while the others go on. After every step the world settles (polling etcd state, no sleeps)
-and tests/etcd_model_world.py checks the whole etcd history against the grant rule and what every
-process believes against etcd; at the end every waiter must get through and no key may be left.
+schedules of 2-6 processes (each its own client, session and lease; one or two threads sharing
+its EtcdLock) requesting in any lane with or without a deadline, releasing, timing out, losing
+their lease (noticed at once or later), declaring their session lost, restarting, with watches
+breaking, history compacted, a process's nth etcd call failing before or after being applied,
+and races: a process stopped before its nth etcd call (a release between reading the queue and
+granting, a timeout between its check and its cancel, ...) while another process acts. After
+every step the world settles (polling state, no sleeps) and tests/etcd_model_world.py checks the
+whole etcd history against the grant rule and what every process believes against etcd; at the
+end every waiter must get through and no key may be left. ETCD_MODEL_EXAMPLES sets the number of
+schedules (500 by default, about 30 s; 4000 for a longer hunt).
 
-The teeth: the same machine finds the failure when the lock's grant skips its compare on the
-waiters, or its release deletes the owner key without the fencing compare.
+Shrunk failures are pinned below as named tests. The teeth: hand-written schedules and a
+derandomized search both catch a lock whose grant skips its compare on the waiters, and one
+whose release deletes the owner key without the fencing compare.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_sta
 from fairlock.etcd import EtcdLock, SessionLost
 from fairlock.etcd.transport import Compare, Delete
 
-from .etcd_model_world import FAULTS, LANES, OWNER_KEY, World
+from .etcd_model_world import FAULTS, LANES, World
 
 LANE_CHOICES = st.sampled_from([None, *LANES])
 MAX_PROCS = 6
