@@ -751,6 +751,13 @@ class World:
 
     def drain(self) -> None:
         """Undo every pause and fault, let every queued waiter through, then check nothing is left."""
+        try:
+            self._drain()
+        except BaseException:
+            self.failed = True
+            raise
+
+    def _drain(self) -> None:
         for p in self.procs:
             p.transport.clear_faults()
             p.transport.resume()
@@ -793,3 +800,6 @@ class World:
             p.worker.stop()
             p.transport.close()
         self.observer.close()
+        if not self.failed:
+            assert not self.model.get_range(ALL_START, ALL_END)[1], "keys left after every session closed"
+            assert not self.model.leases(), "leases left after every session closed"
