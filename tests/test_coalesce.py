@@ -22,16 +22,11 @@ import fairlock
 from fairlock import coalesce
 from fairlock.coalesce import ALONE, Coalescer, coalesced
 
+from .kinds import wait_for as wait_until  # the shared condition poll
+
 LANES = ("high", "normal", "low")
 
 
-def wait_until(predicate, timeout=10.0, what="condition"):
-    """Poll a condition (not a fixed sleep): returns as soon as it holds, fails after timeout."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.0005)
 
 
 class Worker(threading.Thread):

@@ -519,6 +519,27 @@ def test_tls_with_client_certificate(etcd_tls_server: EtcdServer, etcd_prefix: b
         via_url.close()
 
 
+def rejected_credentials(transport_class: Any, endpoint: str, creds: Any, prefix: bytes) -> list[str]:
+    """Wrong password, unknown user, no user: each an EtcdAuthError for reads and watches alike.
+
+    Returns the error texts (message, repr, cause) for the caller's no-secret-leaks check.
+    """
+    errors: list[str] = []
+    for kwargs in (dict(username=creds.username, password=creds.password + "-wrong"),
+                   dict(username="nobody", password=creds.password), {}):
+        bad = transport_class([endpoint], timeout=3, **kwargs)
+        try:
+            with pytest.raises(EtcdAuthError) as info:
+                bad.get_range(prefix)
+            errors.append(f"{info.value} {info.value!r} {info.value.__cause__!r}")
+            with pytest.raises(EtcdAuthError):
+                bad.watch(prefix, 1)
+        finally:
+            bad.close()
+    assert "rejected the credentials" in errors[0]
+    return errors
+
+
 def test_username_and_password(etcd_auth_server: EtcdServer, etcd_prefix: bytes,
                                caplog: Any) -> None:
     p = etcd_prefix
@@ -541,19 +562,7 @@ def test_username_and_password(etcd_auth_server: EtcdServer, etcd_prefix: bytes,
         good.lease_revoke(lease)
     finally:
         good.close()
-    errors: list[str] = []
-    for kwargs in (dict(username=creds.username, password=creds.password + "-wrong"),
-                   dict(username="nobody", password=creds.password), {}):
-        bad = GatewayTransport([etcd_auth_server.endpoint], timeout=3, **kwargs)  # type: ignore[arg-type]
-        try:
-            with pytest.raises(EtcdAuthError) as info:
-                bad.get_range(p)
-            errors.append(f"{info.value} {info.value!r} {info.value.__cause__!r}")
-            with pytest.raises(EtcdAuthError):
-                bad.watch(p, 1)
-        finally:
-            bad.close()
-    assert "rejected the credentials" in errors[0]
+    errors = rejected_credentials(GatewayTransport, etcd_auth_server.endpoint, creds, p)
     secrets = [creds.password, token, good._token]
     text = caplog.text + " ".join(errors) + repr(good)
     for secret in secrets:
