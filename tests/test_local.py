@@ -188,7 +188,9 @@ def test_statistics_and_repr() -> None:
     assert stats.grants == 5 and stats.handoffs == 4
     assert stats.max_overtaken == 2 and stats.max_bypass == 2
     assert stats.lanes["high"].queued_grants == 3 and stats.lanes["low"].queued_grants == 1
-    assert stats.wait_max["low"] >= stats.wait_max["high"] > 0
+    # Grant order high, high, low, high: the last high arrived after low and was served after
+    # it, so neither lane's longest wait bounds the other's; both waited for real.
+    assert stats.wait_max["low"] > 0 and stats.wait_max["high"] > 0
     assert stats.wait_total["high"] >= stats.wait_max["high"]
     with pytest.raises(AttributeError):
         stats.grants = 0  # type: ignore[misc]
