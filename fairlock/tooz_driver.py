@@ -464,6 +464,7 @@ class FairlockDriver(coordination.CoordinationDriverCachedRunWatchers,
             session, transport = self._session, self._transport
             if session is None or transport is None:
                 raise tooz.ToozError("the fairlock coordinator is not started")
+            session.alive()  # past its validity deadline it is declared lost here
             if not session.lost:
                 return session
             with _translated("cannot replace the lost etcd session"):

@@ -204,6 +204,37 @@ def test_holder_told_when_session_lost_and_next_waiter_proceeds(sessions: Sessio
         holder.acquire()
 
 
+def test_holder_past_its_validity_deadline_is_told_before_etcd_expires_the_lease(sessions: Sessions) -> None:
+    """A paused process wakes after its lease may have expired: the first is_held() says so, with
+    no I/O, the notice runs once, and the session revokes its lease so the next waiter proceeds."""
+    now = [1000.0]
+    told = []
+    session = sessions.new(ttl=10, clock=lambda: now[0])
+    holder = EtcdLock("paused", session, on_lost=lambda lock, token, reason: told.append((token, reason)))
+    assert holder.acquire()
+    token = holder.fencing_token
+    other = EtcdLock("paused", sessions.new())
+    got, done, tokens = threading.Event(), threading.Event(), []
+    t = start(lambda: (other.acquire(), tokens.append(other.fencing_token), got.set(), done.wait(10),
+                       other.release()))
+    wait_for(lambda: etcd_waiters(holder) == 1)
+    assert session.valid_for() <= 10 and holder.is_held()
+    now[0] += 10.0  # the local clock passes the deadline; etcd's lease would still live ~10 s
+    assert not holder.is_held() and holder.fencing_token is None
+    assert [t for t, _ in told] == [token] and "ttl" in told[0][1]
+    assert not holder.is_held() and len(told) == 1, "told once"
+    with pytest.raises(SessionLost):
+        session.check()
+    # Well before etcd would expire the lease (10 s): the lost session revoked it itself.
+    assert got.wait(5), "the next waiter still waits: the lost session kept its lease"
+    assert tokens[0] > token
+    with pytest.raises(LockLost):
+        holder.release()
+    done.set()
+    t.join(10)
+    assert not t.is_alive()
+
+
 def test_waiter_whose_key_vanishes_stops_at_once(sessions: Sessions) -> None:
     holder = EtcdLock("vanish", sessions.new())
     assert holder.acquire()

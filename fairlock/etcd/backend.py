@@ -65,7 +65,7 @@ class EtcdBackend:
     @property
     def session(self) -> Session:
         with self._mutex:
-            if self._session is None or self._session.lost or self._session.closed:
+            if self._session is None or not self._session.alive():
                 if isinstance(self._session_or_url, Session):
                     self._session_or_url.check()  # a caller's own session: never replaced
                 # A lost session cannot hold locks again; a new one (a new lease) can.

@@ -190,11 +190,16 @@ class EtcdLock:
     @property
     def fencing_token(self) -> int | None:
         """The token of the current grant: strictly larger than every earlier grant's token."""
-        return self._token if self._lost_reason is None else None
+        return self._token if self.is_held() else None
 
     def is_held(self) -> bool:
-        """True while this process holds the lock and its session is alive."""
-        return self._token is not None and self._lost_reason is None and not self.session.lost
+        """True while this process holds the lock and its session is alive.
+
+        Checks the session's validity deadline on the local clock (no I/O): a holder that was
+        paused past its lease learns here, before it acts, that the lock is lost. Guard each write
+        to the protected resource with it, and send :attr:`fencing_token` along.
+        """
+        return self._token is not None and self._lost_reason is None and self.session.alive()
 
     def locked(self) -> bool:
         """True if anyone (any process) holds the lock, as etcd says now."""
@@ -213,7 +218,7 @@ class EtcdLock:
             # The local holder may represent higher-lane threads queued behind it.
             remote_lane = self._effective_lane(lane)
             got = self._acquire_remote(remote_lane, bool(blocking), deadline)
-            if got and (self.session.lost or self.session.closed):
+            if got and not self.session.alive():
                 # Granted while the session was being declared lost or closed: its notice found
                 # no holder here to tell. Stop as every waiter of a lost session does, passing
                 # the lock on at once if our lease still has it.

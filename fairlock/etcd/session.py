@@ -7,6 +7,15 @@ the lease expires or cannot be refreshed for ``ttl`` seconds it declares the ses
 every lock held through it is told (callbacks, ``is_held()`` becomes False) and every waiter
 stops with :class:`SessionLost`. All keys a session writes carry its lease, so a crashed process's
 keys disappear with its lease.
+
+The lease is judged on our own clock, never only on etcd's word: each refresh that etcd confirms
+extends the *validity deadline* to (the moment the refresh was **sent**) + the TTL etcd granted.
+etcd started its countdown after that moment, so before the deadline etcd cannot have expired the
+lease and nobody else can hold our locks. Past the deadline the session is lost at once, even if
+no refresh has failed yet: a process that was paused (SIGSTOP, a VM freeze, a long GC, a greenlet
+hogging the hub) learns it on its first ``is_held()`` after waking, before it writes anything,
+rather than after its next refresh fails. A lost session then revokes its lease (best effort), so
+its queued keys stop holding up others if etcd still had the lease.
 """
 
 from __future__ import annotations
@@ -89,7 +98,10 @@ class Session:
         self._mutex = _threading.Lock()
         self._closed = _threading.Event()
         self._lost_reason: str | None = None
+        sent = clock()
         self.lease_id, self.ttl = transport.lease_grant(ttl)
+        # Before this moment (our clock) etcd cannot have expired the lease: see the module doc.
+        self._valid_until = sent + self.ttl
         self.identity: dict[str, object] = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -114,8 +126,27 @@ class Session:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    def valid_for(self) -> float:
+        """Seconds until the validity deadline (<= 0: etcd may have expired the lease)."""
+        return self._valid_until - self._clock()
+
+    def alive(self) -> bool:
+        """True while the session can hold locks: not closed, not lost, validity deadline ahead.
+
+        The first call that finds the deadline passed declares the session lost (the notice
+        runs in that caller's thread), so no holder can act on a lease that may be gone.
+        """
+        if self._lost_reason is not None or self._closed.is_set():
+            return False
+        if self.valid_for() <= 0:
+            self._mark_lost(f"no refresh of the lease was confirmed within its ttl ({self.ttl}s); "
+                            "etcd may have expired it")
+            return False
+        return True
+
     def check(self) -> None:
         """Raise :class:`SessionLost` if the session can no longer hold locks."""
+        self.alive()
         if self._lost_reason is not None:
             raise SessionLost(f"etcd session {self.lease_id:x} is lost: {self._lost_reason}")
         if self._closed.is_set():
@@ -129,6 +160,7 @@ class Session:
 
     def keepalive_once(self) -> int:
         """Refresh the lease now; returns the remaining ttl. Marks the session lost if it is gone."""
+        sent = self._clock()
         try:
             remaining = self.transport.lease_keepalive(self.lease_id)
         except LeaseNotFound:
@@ -137,6 +169,8 @@ class Session:
         if remaining <= 0:
             self._lease_gone()
             raise LeaseNotFound(f"lease {self.lease_id:x} expired")
+        with self._mutex:
+            self._valid_until = max(self._valid_until, sent + remaining)
         return remaining
 
     def _lease_gone(self) -> None:
@@ -147,27 +181,32 @@ class Session:
 
     def _keep_alive(self) -> None:
         interval = self.ttl / 3.0
-        last_ok = self._clock()
-        while not self._closed.wait(interval):
-            if self._lost_reason is not None:
-                return
+        # Wake at the validity deadline at the latest, so a session whose refreshes keep failing
+        # is declared lost when etcd may expire it, not up to one interval later.
+        while not self._closed.wait(max(0.0, min(interval, self.valid_for()))):
+            if not self.alive():  # lost elsewhere, or the deadline passed (a pause, failures)
+                break
             try:
                 self.keepalive_once()
-                last_ok = self._clock()
             except LeaseNotFound:
-                return
+                break
             except EtcdError as exc:
                 if self._closed.is_set():
                     return
-                silent_for = self._clock() - last_ok
-                LOG.warning("fairlock session %x: keepalive failed (%s); %.1fs since the last refresh",
-                            self.lease_id, type(exc).__name__, silent_for)
-                if silent_for >= self.ttl:
-                    # etcd may have expired the lease by now: we can no longer claim any lock.
-                    self._mark_lost(f"no keepalive succeeded for {silent_for:.1f}s (ttl {self.ttl}s)")
-                    return
+                LOG.warning("fairlock session %x: keepalive failed (%s); the lease is valid for "
+                            "%.1fs more", self.lease_id, type(exc).__name__, self.valid_for())
             except Exception:  # never let the thread die silently: the locks depend on it
                 LOG.exception("fairlock session %x: unexpected keepalive error", self.lease_id)
+        if self._lost_reason is not None and not self._closed.is_set():
+            self._revoke_lost_lease()
+
+    def _revoke_lost_lease(self) -> None:
+        # Our holders were told the locks are gone; if etcd still has the lease (the deadline
+        # passed before etcd's did), revoking frees our keys now instead of one ttl later.
+        try:
+            self.transport.lease_revoke(self.lease_id)
+        except EtcdError:
+            pass  # gone already, or etcd unreachable: then it expires by itself
 
     def _mark_lost(self, reason: str) -> None:
         with self._mutex:
