@@ -153,6 +153,40 @@ def test_checker_orders_by_request_time_without_tickets() -> None:
     assert report.order == "request" and report.fifo_violations == 1  # c asked before b, got it after
 
 
+def _paused(writes: tuple[int, ...], lost_at: int) -> Grant:
+    """A holder granted at 1 that was paused past its lease and told at ``lost_at``."""
+    return Grant(fencing_token=10, holder="paused", lane="normal", request=0, start=1, end=lost_at + 1,
+                 ticket=5, writes=writes, lost_at=lost_at)
+
+
+def test_checker_allows_a_lost_holder_present_but_silent_after_the_next_grant() -> None:
+    # paused wrote at 2, slept through its lease; next was granted at 10; paused woke, told at 30.
+    run = [_paused((2,), 30), _g("next", 12, 3, 10, 20, ticket=6)]
+    report = checker.check(run, max_bypass=4)
+    assert report.ok and report.lost == 1 and report.overlaps == 0, report.summary()
+
+
+def test_checker_flags_a_stale_write_after_the_next_grant() -> None:
+    # paused wrote at 15, while next (granted at 10) held the lock: a write under a dead token.
+    report = checker.check([_paused((2, 15), 30), _g("next", 12, 3, 10, 20, ticket=6)], max_bypass=4)
+    assert not report.ok and report.overlaps == 1 and report.writes_after_lost == 0
+    assert report.violations[0].kind == "overlap"
+
+
+def test_checker_flags_writes_after_the_lost_notice() -> None:
+    report = checker.check([_paused((2, 30, 31), 30)], max_bypass=4)
+    assert not report.ok and report.writes_after_lost == 2 and report.lost == 1
+    assert [v.kind for v in report.violations] == ["lost-write"]
+
+
+def test_checker_round_trips_fault_fields_through_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "w.jsonl"
+    run = [_paused((2, 3), 30), *CLEAN]
+    log.write_text("".join(checker.dump_line(g) for g in run))
+    assert checker.load([log]) == run
+    assert '"lost_at"' not in checker.dump_line(CLEAN[0])  # unset fault fields stay out of the log
+
+
 def test_checker_loads_logs_and_skips_a_torn_last_line(tmp_path: Path) -> None:
     log = tmp_path / "w.jsonl"
     log.write_text("".join(checker.dump_line(g) for g in CLEAN) + '{"fencing_token": 1')

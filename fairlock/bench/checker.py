@@ -14,6 +14,18 @@ lock can tell, the *ticket* (etcd's revision at which the request was queued). R
 (the moment the worker called acquire: close requests may reach the lock in either order, so a
 FIFO lock can show a few inversions of requests made a network round trip apart).
 
+Under faults a record may also carry ``writes`` (the times at which the holder acted on the
+protected resource, each after checking that it still held the lock) and ``lost_at`` (when the
+holder was told its lock was lost: a lost-lock callback, or ``is_held()`` turning False). Then:
+
+5. A holder that was told its lock was lost wrote nothing after being told.
+6. Rule 1 applies to the span in which a holder *used* its token: a section's whole
+   ``[start, end]``, except for a lost section, which used its token only until its last write.
+   A holder paused past its lease (SIGSTOP) wakes to find a newer holder in the lock: that
+   overlap of mere presence is allowed, a write of the stale holder after the newer one started is
+   not. (A resource that checks fencing tokens would reject such a write; this checker shows that
+   the holder never even tried.)
+
 This module is pure: no I/O besides :func:`load`, no clock, no threads. It only judges; it knows
 nothing about etcd or the lock, so a fault-injection suite can feed it any run's records.
 """
@@ -42,11 +54,24 @@ class Grant:
     start: int
     end: int
     ticket: int | None = None
+    writes: tuple[int, ...] | None = None  # when the holder acted under its token (ns)
+    lost_at: int | None = None  # when it was told the lock was lost (ns); None: never told
+
+    def __post_init__(self) -> None:
+        if self.writes is not None and not isinstance(self.writes, tuple):
+            object.__setattr__(self, "writes", tuple(self.writes))  # JSON gives a list
+
+    @property
+    def used_until(self) -> int:
+        """The end of the span in which this holder acted on its token (see rule 6)."""
+        if self.lost_at is None:
+            return self.end
+        return max(self.writes or (), default=self.start)
 
 
 @dataclass(frozen=True)
 class Violation:
-    kind: Literal["overlap", "token", "fifo", "bypass"]
+    kind: Literal["overlap", "token", "fifo", "bypass", "lost-write"]
     detail: str
 
 
@@ -60,10 +85,13 @@ class Report:
     max_overtaken: int  # the most times one request was overtaken (any lane)
     max_bypass: int | None
     violations: tuple[Violation, ...] = field(default_factory=tuple)  # the first few, for messages
+    lost: int = 0  # sections whose holder was told the lock was lost
+    writes_after_lost: int = 0  # rule 5
 
     @property
     def ok(self) -> bool:
         return not (self.overlaps or self.token_regressions or self.fifo_violations
+                    or self.writes_after_lost
                     or (self.max_bypass is not None and self.max_overtaken > self.max_bypass))
 
     def summary(self) -> str:
@@ -71,7 +99,8 @@ class Report:
         bound = "" if self.max_bypass is None else f" (K={self.max_bypass})"
         return (f"{verdict}: {self.grants} grants, {self.overlaps} overlaps, "
                 f"{self.token_regressions} token regressions, {self.fifo_violations} FIFO "
-                f"violations, max overtaken {self.max_overtaken}{bound}, order by {self.order}")
+                f"violations, max overtaken {self.max_overtaken}{bound}, {self.lost} lost, "
+                f"{self.writes_after_lost} writes after lost, order by {self.order}")
 
 
 class _Fenwick:
@@ -131,15 +160,23 @@ def check(records: Iterable[Grant], *, max_bypass: int | None, order: Order = "a
     """Judge a run. ``fencing=False`` skips rule 2 (for locks that hand out no tokens)."""
     grants = sorted(records, key=lambda r: (r.start, r.end))
     violations: list[Violation] = []
-    overlaps = regressions = 0
-    latest: Grant | None = None  # the section that ends last among those started so far
+    overlaps = regressions = late_writes = 0
+    latest: Grant | None = None  # the section used until the latest, among those started so far
     previous: Grant | None = None
     for g in grants:
-        if latest is not None and g.start < latest.end:
+        if g.lost_at is not None:
+            late = sum(1 for w in g.writes or () if w >= g.lost_at)
+            late_writes += late
+            if late and len(violations) < keep:
+                violations.append(Violation("lost-write", f"{g.holder} (token {g.fencing_token}) "
+                                            f"wrote {late} times after being told at {g.lost_at} "
+                                            "that its lock was lost"))
+        if latest is not None and g.start < latest.used_until:
             overlaps += 1
             if len(violations) < keep:
                 violations.append(Violation("overlap", f"{g.holder} started at {g.start} before "
-                                            f"{latest.holder} ended at {latest.end}"))
+                                            f"{latest.holder} stopped using its token at "
+                                            f"{latest.used_until}"))
         if fencing and previous is not None:
             if g.fencing_token is None or previous.fencing_token is None or \
                     g.fencing_token <= previous.fencing_token:
@@ -147,7 +184,7 @@ def check(records: Iterable[Grant], *, max_bypass: int | None, order: Order = "a
                 if len(violations) < keep:
                     violations.append(Violation("token", f"{g.holder} got token {g.fencing_token} "
                                                 f"after {previous.holder}'s {previous.fencing_token}"))
-        if latest is None or g.end > latest.end:
+        if latest is None or g.used_until > latest.used_until:
             latest = g
         previous = g
     by = _order_of(grants, order)
@@ -162,12 +199,15 @@ def check(records: Iterable[Grant], *, max_bypass: int | None, order: Order = "a
         violations.append(Violation("bypass", f"a request was overtaken {most} times (K={max_bypass})"))
     return Report(grants=len(grants), order=by, overlaps=overlaps, token_regressions=regressions,
                   fifo_violations=sum(1 for n in fifo if n), max_overtaken=most,
-                  max_bypass=max_bypass, violations=tuple(violations))
+                  max_bypass=max_bypass, violations=tuple(violations),
+                  lost=sum(1 for g in grants if g.lost_at is not None), writes_after_lost=late_writes)
 
 
 def dump_line(grant: Grant) -> str:
-    """One record as a JSON line (what a worker appends to its log)."""
-    return json.dumps(asdict(grant), separators=(",", ":")) + "\n"
+    """One record as a JSON line (what a worker appends to its log); unset fault fields omitted."""
+    raw = {k: v for k, v in asdict(grant).items()
+           if v is not None or k not in ("writes", "lost_at")}
+    return json.dumps(raw, separators=(",", ":")) + "\n"
 
 
 def load(paths: Iterable[str | Path]) -> list[Grant]:
