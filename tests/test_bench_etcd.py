@@ -203,15 +203,16 @@ def test_checker_catches_a_real_broken_lock(tmp_path: Path) -> None:
 
 
 def test_fencing_checker_short_run_is_clean(etcd_server: Any) -> None:
-    """A few hundred grants of fairlock's etcd lock, 4 worker processes, 2 lanes, K=4."""
+    """Issue 6's distributed load, short form: 64 waiters (4 worker processes x 16 sessions, each
+    its own lease), 2 lanes, K=4, 640 grants; the long form is the same command with --grants 5000."""
     done = subprocess.run(
         [sys.executable, "-m", "fairlock", "bench", "etcd", "--endpoint", etcd_server.endpoint,
-         "--grants", "300", "--processes", "4", "--max-bypass", "4"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
+         "--grants", "640", "--processes", "4", "--sessions", "16", "--max-bypass", "4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     line = next(line for line in done.stdout.splitlines() if line.rstrip().endswith("clean"))
     grants, _rate, overlaps, tokens, fifo, overtaken, verdict = re.split(r"\s{2,}", line.strip())
-    assert (grants, overlaps, tokens, fifo, verdict) == ("300", "0", "0", "0", "clean")
+    assert (grants, overlaps, tokens, fifo, verdict) == ("640", "0", "0", "0", "clean")
     assert int(overtaken) <= 4
     assert "order by ticket" in done.stdout
