@@ -11,7 +11,7 @@ import importlib
 
 __all__ = ["add_parser"]
 
-_BACKENDS = ("local", "etcd")
+_BACKENDS = ("local", "etcd", "faults")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
