@@ -45,7 +45,6 @@ def _assert_clean(outcome: faults.Outcome) -> None:
     assert outcome.leaked_live == 0, "keys left on the lease of an open session after every thread stopped"
     assert outcome.leaked_keys == 0 and outcome.leaked_leases == 0
     assert outcome.errors == [] and outcome.hung == 0
-    assert outcome.tickets_unknown == 0  # no connection broke: every request's place is known
 
 
 def test_holder_sigkill_next_waiter_acquires_within_ttl(etcd_server: EtcdServer, etcd_prefix: bytes) -> None:

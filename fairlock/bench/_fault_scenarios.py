@@ -48,9 +48,11 @@ class ScenarioResult:
 
 
 def holder_kill(endpoint: str, *, ttl: int = 2, waiters: int = 2, seed: int = 0,
-                prefix: str | None = None, log_dir: str | None = None) -> ScenarioResult:
+                max_bypass: int | None = 4, prefix: str | None = None,
+                log_dir: str | None = None) -> ScenarioResult:
     """SIGKILL the holder while another process waits: the next grant comes within TTL + 1 s."""
-    with Run(endpoint, ttl=ttl, prefix=prefix, log_dir=log_dir, seed=seed) as run:
+    with Run(endpoint, ttl=ttl, max_bypass=max_bypass, prefix=prefix, log_dir=log_dir,
+             seed=seed) as run:
         survivor = run.spawn("survivor", threads=waiters)
         holder = run.spawn("holder")
         run.ready(survivor, holder)
@@ -70,10 +72,12 @@ def holder_kill(endpoint: str, *, ttl: int = 2, waiters: int = 2, seed: int = 0,
 
 
 def waiter_kill(endpoint: str, *, ttl: int = 2, waiters: int = 2, seed: int = 0,
-                prefix: str | None = None, log_dir: str | None = None) -> ScenarioResult:
+                max_bypass: int | None = 4, prefix: str | None = None,
+                log_dir: str | None = None) -> ScenarioResult:
     """SIGKILL the oldest (high-lane) waiter, then release at once: the lock is handed to the
     dead waiter; its keys go with its lease and the queue moves on within TTL + 1 s."""
-    with Run(endpoint, ttl=ttl, prefix=prefix, log_dir=log_dir, seed=seed) as run:
+    with Run(endpoint, ttl=ttl, max_bypass=max_bypass, prefix=prefix, log_dir=log_dir,
+             seed=seed) as run:
         holder = run.spawn("holder")
         victim = run.spawn("victim")
         others = run.spawn("others", threads=waiters, thread_lanes=[run.lanes[-1]])
@@ -109,14 +113,15 @@ def _sleep_past(stopped: int, ttl: int) -> None:
 
 
 def holder_pause(endpoint: str, *, ttl: int = 2, waiters: int = 2, seed: int = 0,
-                 check_held: bool = True, prefix: str | None = None,
+                 check_held: bool = True, max_bypass: int | None = 4, prefix: str | None = None,
                  log_dir: str | None = None) -> ScenarioResult:
     """SIGSTOP the holder until another process holds the lock (> TTL), then SIGCONT.
 
     ``check_held=False``: the paused holder is a broken worker that writes without asking
     ``is_held()`` (and writes once more when it releases): the checker must flag the run.
     """
-    with Run(endpoint, ttl=ttl, prefix=prefix, log_dir=log_dir, seed=seed) as run:
+    with Run(endpoint, ttl=ttl, max_bypass=max_bypass, prefix=prefix, log_dir=log_dir,
+             seed=seed) as run:
         survivor = run.spawn("survivor", threads=waiters)
         holder = run.spawn("holder", check_held=check_held)
         run.ready(survivor, holder)
@@ -146,10 +151,11 @@ def holder_pause(endpoint: str, *, ttl: int = 2, waiters: int = 2, seed: int = 0
 
 
 def cancels(endpoint: str, *, ttl: int = 2, processes: int = 3, threads: int = 4,
-            seconds: float = 5.0, seed: int = 0, prefix: str | None = None,
-            log_dir: str | None = None) -> ScenarioResult:
+            seconds: float = 5.0, seed: int = 0, max_bypass: int | None = 4,
+            prefix: str | None = None, log_dir: str | None = None) -> ScenarioResult:
     """Random short timeouts and non-blocking tries under load: nothing left behind."""
-    with Run(endpoint, ttl=ttl, prefix=prefix, log_dir=log_dir, seed=seed) as run:
+    with Run(endpoint, ttl=ttl, max_bypass=max_bypass, prefix=prefix, log_dir=log_dir,
+             seed=seed) as run:
         workers = [run.spawn(f"p{i}", threads=threads, p_try=0.25, p_short=0.5, short_ms=30.0,
                              hold_ms=[0.0, 8.0]) for i in range(processes)]
         run.ready(*workers)

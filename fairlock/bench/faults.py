@@ -135,7 +135,8 @@ def _scenarios(args: argparse.Namespace, endpoint: str) -> int:
             seed = args.seed * 100 + rep
             log_dir = os.path.join(args.log_dir, f"{name}-r{rep}") if args.log_dir else None
             try:
-                result = SCENARIOS[name](endpoint, ttl=ttl, seed=seed, log_dir=log_dir)
+                result = SCENARIOS[name](endpoint, ttl=ttl, seed=seed, max_bypass=args.max_bypass,
+                                         log_dir=log_dir)
             except FaultError as exc:
                 progress(f"{name}: FAILED: {exc}")
                 results.setdefault(name, [])
@@ -144,7 +145,7 @@ def _scenarios(args: argparse.Namespace, endpoint: str) -> int:
             progress(f"{name}: {'ok' if result.ok else 'NOT OK'}: "
                      + ", ".join(f"{d.label} {_fmt(d.seconds)} s" for d in result.delays))
     delays = Table(
-        title=f"Fault scenarios: delays (ttl {ttl} s, median and max of {args.reps} rep(s))",
+        title=f"Fault scenarios: delays (ttl {ttl} s, K={args.max_bypass}, median and max of {args.reps} rep(s))",
         headers=["scenario", "measured", "median s", "max s", "bound s", "within"],
         align=["<", "<", ">", ">", ">", ">"])
     verdicts = Table(title="Fault scenarios: the checker and what was left (summed over reps)",
@@ -173,7 +174,8 @@ def _scenarios(args: argparse.Namespace, endpoint: str) -> int:
             verdicts.notes = [*verdicts.notes, *(f"{name}: violation: {v.kind}: {v.detail}"
                                                  for v in r.outcome.report.violations)]
             verdicts.notes = [*verdicts.notes, *(f"{name}: worker error: {e}" for e in r.outcome.errors[:3])]
-    command = f"python -m fairlock bench faults --scenario {args.scenario} --reps {args.reps} --seed {args.seed}"
+    command = (f"python -m fairlock bench faults --scenario {args.scenario} --reps {args.reps} --ttl {ttl} "
+               f"--max-bypass {args.max_bypass} --seed {args.seed}")
     about = machine()
     print(f"{command}: {about['cpus']} CPUs, {about['python']}, etcd on 127.0.0.1, "
           f"load average {about['load_average']}")
