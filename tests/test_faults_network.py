@@ -34,7 +34,7 @@ from fairlock.errors import FairlockError
 from fairlock.etcd import EtcdLock, LockLost, Session, SessionLost
 from fairlock.etcd.gateway import GatewayTransport
 from fairlock.etcd.lock import lock_keys
-from fairlock.etcd.transport import EtcdUnavailable, prefix_end
+from fairlock.etcd.transport import Delete, EtcdUnavailable, Put, prefix_end
 from fairlock.testing import FaultProxy
 
 from .kinds import start, wait_for
@@ -675,6 +675,36 @@ def _timed(call: Any) -> float:
     began = time.monotonic()
     call()
     return time.monotonic() - began
+
+
+def test_an_answer_trickling_in_is_cut_at_the_calls_deadline(etcd_server: Any, prefix: str) -> None:
+    """Regression: requests' read timeout bounds each wait for the next bytes, not the answer.
+    Each piece of a large answer stalled 0.3-0.4 s (under the 1 s timeout) used to let a call
+    with timeout=1 s succeed after 3-4 s; GatewayTransport promises timeout + connect_timeout."""
+    key = (prefix + "/big").encode()
+    direct = GatewayTransport([etcd_server.endpoint], timeout=10.0)
+    try:
+        direct.txn([], [Put(key, b"x" * 500_000)])  # an answer of ~700 kB: a dozen pieces
+        with FaultProxy(etcd_server.endpoint, seed=8) as proxy:
+            via = GatewayTransport([proxy.endpoint], timeout=1.0, connect_timeout=0.2)
+            try:
+                assert via.get_range(key)[1][0].value == b"x" * 500_000
+                proxy.set_stalls(1.0, 0.3, 0.4, direction="down")
+                began = time.monotonic()
+                with pytest.raises(EtcdUnavailable, match="no answer within"):
+                    via.get_range(key)
+                took = time.monotonic() - began
+                pieces = proxy.stats().stalls
+                proxy.clear()
+                assert via.get_range(key)[1][0].value == b"x" * 500_000  # and it recovers
+            finally:
+                via.close()
+        print(f"\n[faults] an answer in {pieces} pieces, each stalled 0.3-0.4 s: the call gave up "
+              f"after {took:.2f}s (timeout 1 s + connect 0.2 s)")
+        assert took <= 1.2 + 0.3, f"the call took {took:.2f}s"
+    finally:
+        direct.txn([], [Delete(key)])
+        direct.close()
 
 
 def test_proxy_arguments_are_checked_and_an_unreachable_server_is_a_reset(etcd_server: Any) -> None:

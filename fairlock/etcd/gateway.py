@@ -4,7 +4,8 @@
    strings. Requests go to the endpoint that answered last; on a connection error, a timeout or a
    5xx (no leader, ...) the next endpoint is tried, round after round with a short back-off, until
    the call's ``timeout`` is spent: then :class:`EtcdUnavailable` lists every endpoint and why it
-   failed. No call ever waits longer than ``timeout`` (plus one connect timeout at most).
+   failed. No call ever waits longer than ``timeout`` (plus one connect timeout at most), even
+   when an answer trickles in piece by piece (:func:`_read_by`).
 2. Retry safety. Reads, read-only txns and lease calls are repeated freely (a duplicated lease
    grant leaves a lease nobody uses; it expires by itself). A *writing* txn is repeated only when
    it surely never reached etcd (connection refused or connect timeout, or etcd's "no leader"
@@ -434,9 +435,12 @@ class GatewayTransport(FailoverTransport):
         data = json.dumps(body).encode()
 
         def attempt(ep: _Endpoint, remaining: float, headers: dict[str, str]) -> Any:
+            connect, limit = min(self._connect_timeout, remaining), min(self._request_timeout, remaining)
+            give_up = self._clock() + connect + limit
             try:
-                resp = ep.session.post(ep.api(path), data=data, headers=headers, timeout=(
-                    min(self._connect_timeout, remaining), min(self._request_timeout, remaining)))
+                resp = ep.session.post(ep.api(path), data=data, headers=headers, stream=True,
+                                       timeout=(connect, limit))
+                _read_by(resp, give_up, self._clock)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 if _tls_error(exc) is not None:
                     raise _tls_failure(ep.url, exc) from None
@@ -615,6 +619,39 @@ class _GatewayWatch(QueuedWatch):
             if not self._deliver(parsed):
                 return False
         return True
+
+
+def _read_by(resp: requests.Response, give_up: float, clock: Callable[[], float]) -> None:
+    """Read the whole answer by ``give_up`` (then ``resp.json()`` and ``resp.text`` work as usual).
+
+    requests' read timeout bounds each wait for the next bytes, not the answer: over a lossy link
+    (a stall before each piece, each shorter than the timeout) an answer could trickle in for
+    many times the timeout. Here the socket's timeout is what is left before ``give_up`` at each
+    read, and each read waits for one receive at most (``read1``, where urllib3 has it).
+    """
+    sock = _socket_of(resp)
+    reader = getattr(resp.raw, "read1", None) or resp.raw.read
+    parts = []
+    try:
+        while True:
+            left = give_up - clock()
+            if left <= 0:
+                raise socket.timeout("the answer did not complete in time")
+            if sock is not None:
+                sock.settimeout(left)
+            part = reader(65536, decode_content=True)
+            if not part:
+                break
+            parts.append(part)
+    except (socket.timeout, urllib3.exceptions.ReadTimeoutError) as exc:
+        resp.close()
+        raise requests.exceptions.ReadTimeout(exc) from exc
+    except (OSError, urllib3.exceptions.HTTPError) as exc:
+        resp.close()
+        raise requests.exceptions.ConnectionError(exc) from exc
+    # What requests keeps a read answer in (as every requests-based client that reads a
+    # stream itself does): resp.json(), .text and .content then work unchanged.
+    resp._content = b"".join(parts)
 
 
 def _tls_failure(url: str, exc: BaseException) -> EtcdAuthError:
