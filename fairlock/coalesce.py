@@ -47,7 +47,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -196,6 +196,8 @@ class Coalescer:
             raise InvalidArgumentError(f"errors must be one of {_ERROR_MODES}, got {errors!r}")
         if copy is not None and not callable(copy):
             raise ArgumentTypeError("copy must be callable or None")
+        if not callable(clock):
+            raise ArgumentTypeError("clock must be callable")
         self._covers = covers
         self._retry_errors = errors == "retry"
         self._copy = copy
@@ -229,6 +231,7 @@ class Coalescer:
         ``timeout`` bounds the whole wait (lock or run); :class:`~fairlock.AcquireTimeout` if it
         passes before this call is served.
         """
+        _check_call(lock, fn, args, kwargs)
         kwargs = {} if kwargs is None else kwargs
         seconds = check_timeout(True, -1 if timeout is None else timeout)
         my_lane = _effective_lane(lock, lane)
@@ -462,6 +465,22 @@ class Coalescer:
         return f"<fairlock.coalesce.Coalescer {s.calls} call(s), {s.runs} run(s), {s.pending} pending>"
 
 
+def _is_lock(lock: Any) -> bool:
+    return callable(getattr(lock, "acquire", None)) and callable(getattr(lock, "release", None))
+
+
+def _check_call(lock: Any, fn: Any, args: Any, kwargs: Any) -> None:
+    """Bad arguments fail before the call counts or queues (else deep inside, under the lock)."""
+    if not _is_lock(lock):
+        raise ArgumentTypeError(f"lock must have acquire() and release(), got {type(lock).__name__}")
+    if not callable(fn):
+        raise ArgumentTypeError(f"fn must be callable, got {type(fn).__name__}")
+    if not isinstance(args, (tuple, list)):
+        raise ArgumentTypeError(f"args must be a tuple, got {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise ArgumentTypeError(f"kwargs must be a mapping or None, got {type(kwargs).__name__}")
+
+
 def _owned(lock: Any) -> bool:
     owned = getattr(lock, "owned", None)
     return bool(owned()) if callable(owned) else False
@@ -511,10 +530,16 @@ def coalesced(
         raise InvalidArgumentError(f"errors must be one of {_ERROR_MODES}, got {errors!r}")
     if key is not None and not callable(key):
         raise ArgumentTypeError("key must be a callable taking the function's arguments")
-    fixed = callable(getattr(lock, "acquire", None)) and callable(getattr(lock, "release", None))
+    fixed = _is_lock(lock)
     if not fixed and not callable(lock):
         raise ArgumentTypeError("lock must be a lock object or a callable returning a lock or a name")
     check_timeout(True, -1 if timeout is None else timeout)
+    if lane is not None:
+        if fixed:
+            _effective_lane(lock, lane)  # a lane the lock does not know fails now, not at each call
+        elif not isinstance(lane, str):
+            raise ArgumentTypeError(f"lane must be a str, got {type(lane).__name__}")
+    Coalescer(covers=covers, errors=errors, copy=copy)  # the coalescer's own checks, now
 
     def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if fixed:
@@ -526,9 +551,14 @@ def coalesced(
 
                 return default_registry.get(found)
             return registry.get(found)
+        if not _is_lock(found):
+            raise ArgumentTypeError(
+                f"coalesced(): the lock callable returned {type(found).__name__}, not a lock or a lock name")
         return found
 
     def decorate(fn: F) -> F:
+        if not callable(fn):
+            raise ArgumentTypeError(f"coalesced() decorates a callable, got {type(fn).__name__}")
         coalescer = Coalescer(covers=covers, errors=errors, copy=copy)
 
         @functools.wraps(fn)

@@ -195,6 +195,9 @@ class Lock:
             raise ArgumentTypeError("clock must be callable")
         if on_queued is not None and not callable(on_queued):
             raise ArgumentTypeError("on_queued must be callable or None")
+        if logger is not None and not callable(getattr(logger, "warning", None)):
+            # Checked now: the slow_hold/slow_wait warnings would fail long after construction.
+            raise ArgumentTypeError(f"logger must be a logging.Logger or None, got {type(logger).__name__}")
         self._on_queued = on_queued
         self.lanes: Lanes = lanes
         self._queue = FairQueue(lanes, max_bypass)

@@ -318,6 +318,10 @@ def internal_fair_lock(name: str) -> InternalLock:
 
 
 def _container_lock(name: str, semaphores: Semaphores | None) -> Lock:
+    if semaphores is not None and not callable(getattr(semaphores, "get", None)):
+        raise ArgumentTypeError(
+            "semaphores= must be a container of fairlock locks such as "
+            f"fairlock.lockutils.Semaphores(), got {type(semaphores).__name__}")
     found = (_semaphores if semaphores is None else semaphores).get(name)
     if not isinstance(found, Lock):
         raise ArgumentTypeError(
@@ -371,6 +375,11 @@ def _check_timeout(blocking: object, timeout: object) -> float | None:
     if not blocking:
         raise InvalidArgumentError("timeout= needs blocking=True (blocking=False never waits)")
     return None if math.isinf(timeout) else float(timeout)
+
+
+def _check_prefix(lock_file_prefix: object) -> None:
+    if lock_file_prefix is not None and not isinstance(lock_file_prefix, str):
+        raise ArgumentTypeError(f"lock_file_prefix must be a str or None, got {type(lock_file_prefix).__name__}")
 
 
 def _check_lane(lane: object) -> None:
@@ -485,6 +494,8 @@ def external_lock(
     name: str, lock_file_prefix: str | None = None, lock_path: str | None = None
 ) -> ExternalLock:
     """A new, not yet acquired external lock for ``name`` from the installed backend."""
+    check_name(name, allow_none=False)
+    _check_prefix(lock_file_prefix)
     return get_external_backend().lock(name, lock_file_prefix, lock_path)
 
 
@@ -495,6 +506,7 @@ def remove_external_lock_file(
     semaphores: Semaphores | None = None,
 ) -> None:
     """Remove the external lock of ``name`` (its file) under the internal lock."""
+    _check_prefix(lock_file_prefix)
     with internal_lock(name, semaphores=semaphores):
         get_external_backend().remove(name, lock_file_prefix, lock_path)
 
@@ -551,6 +563,7 @@ def lock(
     """
     wait = _check_timeout(blocking, timeout)
     _check_lane(lane)
+    _check_prefix(lock_file_prefix)
     int_lock = _container_lock(name, semaphores)
     if lane is not None:
         int_lock.lanes.rank(lane)  # an unknown lane fails here, before anything is logged
@@ -606,6 +619,7 @@ def synchronized(
     check_name(name, allow_none=False)
     _check_timeout(blocking, timeout)
     _check_lane(lane)
+    _check_prefix(lock_file_prefix)
 
     def wrap(f: Callable[P, T]) -> Callable[P, T]:
         f_name = reflection.get_callable_name(f)

@@ -58,7 +58,7 @@ from .errors import DeadlockError, FairlockError, InvalidArgumentError
 from .local import check_timeout
 from .etcd.config import EtcdConfig, parse_url
 from .etcd.gateway import GatewayTransport
-from .etcd.lock import EtcdLock, EtcdLockStatistics, lock_keys
+from .etcd.lock import EtcdLock, EtcdLockStatistics, check_lock_name, lock_keys
 from .etcd.session import DEFAULT_PREFIX, LockLost, Session, SessionLost
 from .etcd.transport import (
     Compare,
@@ -156,6 +156,7 @@ class FairlockToozLock(locking.Lock):
             self._lock_name = name
         else:
             raise TypeError(f"lock name must be bytes or str, not {type(name).__name__}")
+        check_lock_name(self._lock_name)  # too long, or not UTF-8: a ValueError now, not at acquire
         self._coord = coordinator
         # Set by the acquiring thread once it holds the lock; cleared before the EtcdLock is
         # released, so the next holder (maybe another thread using this same object) never
@@ -176,9 +177,10 @@ class FairlockToozLock(locking.Lock):
         if not blocking:
             timeout = None  # tooz ignores a timeout for a non-blocking try
         elif timeout is not None:
-            if timeout < 0:
+            if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout < 0:
                 timeout = 0.0  # tooz's retry loop stops after one try for a negative delay
-            timeout = check_timeout(True, timeout)  # NaN is an error; inf means forever
+            # A non-number is a TypeError (ArgumentTypeError), NaN a ValueError; inf means forever.
+            timeout = check_timeout(True, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in range(_SESSION_RENEWALS + 1):
             etcd_lock = self._last = self._coord._etcd_lock(self._lock_name)

@@ -166,7 +166,7 @@ class FairQueue:
         return len(self._rank_of)
 
     def __contains__(self, ticket: object) -> bool:
-        return ticket in self._rank_of
+        return _is_ticket(ticket) and ticket in self._rank_of
 
     def waiting(self) -> dict[str, int]:
         """Queued waiters per lane name."""
@@ -189,7 +189,7 @@ class FairQueue:
 
     def ahead_of(self, ticket: int) -> int:
         """Queued waiters (any lane) that arrived before the queued ``ticket``."""
-        if ticket not in self._rank_of:
+        if ticket not in self:
             raise UnknownTicketError(ticket)
         return sum(1 for t in self._rank_of if t < ticket)
 

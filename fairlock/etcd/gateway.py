@@ -222,6 +222,10 @@ def _classify(url: str, status: int, message: str, code: int | None) -> Exceptio
         return _RenewToken(message)
     if code == 5 and "lease" in low or "lease not found" in low:
         return LeaseNotFound(f"{message} ({url})")
+    if "larger than max" in low:
+        # gRPC's message size limit (RESOURCE_EXHAUSTED, like "too many requests"): nothing was
+        # applied, and no retry, on this member or another, can succeed.
+        return EtcdError(f"etcd at {url} refused a request that is too large: {message}")
     if any(s in low for s in _AUTH_ERRORS) or code == 7 or status == 403:
         return EtcdAuthError(f"etcd at {url} refused: {message}")
     if status >= 500 or code in (4, 8, 13, 14):
@@ -444,8 +448,11 @@ class GatewayTransport(FailoverTransport):
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 if _tls_error(exc) is not None:
                     raise _tls_failure(ep.url, exc) from None
-                raise _TryNext(_reason(exc, min(self._request_timeout, remaining)),
-                               maybe_applied=not _surely_not_sent(exc)) from None
+                reason = _reason(exc, min(self._request_timeout, remaining))
+                if ep.url.startswith("http://") and "RemoteDisconnected" in reason:
+                    # What an https-only etcd does to a plain http request; also a crash, so a hint.
+                    reason += "; an https server hangs up so on http: check the URL's scheme"
+                raise _TryNext(reason, maybe_applied=not _surely_not_sent(exc)) from None
             if resp.status_code == 200:
                 try:
                     answer: dict[str, Any] = resp.json()

@@ -194,6 +194,10 @@ def _classify(url: str, code: Any, details: str, deadline: float | None = None) 
         return _RenewToken(details)
     if "lease not found" in low:
         return LeaseNotFound(f"{details} ({url})")
+    if "larger than max" in low:
+        # The message size limit (RESOURCE_EXHAUSTED, like "too many requests"): nothing was
+        # applied, and no retry, on this member or another, can succeed.
+        return EtcdError(f"etcd at {url} refused a request that is too large: {details}")
     if code == grpc.StatusCode.UNAVAILABLE and any(s in low for s in _TLS_ERRORS):
         return EtcdAuthError(f"TLS with {url} failed: {_tls_reason(details)} (check ca_cert, and "
                              f"cert_cert/cert_key if the server wants a client certificate)")

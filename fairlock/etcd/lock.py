@@ -39,14 +39,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, unquote
 
 import threading as _threading
 
 from .._core import DEFAULT_MAX_BYPASS, Lanes, WaiterState, check_max_bypass, plan_grant
 from ..context import resolve_lane
-from ..errors import ArgumentTypeError, NotHeldError, NotOwnerError
+from ..errors import ArgumentTypeError, InvalidArgumentError, NotHeldError, NotOwnerError
 from ..local import Lock, check_name, check_timeout
 from .session import LockLost, Session, SessionLost
 from .transport import (
@@ -65,7 +65,8 @@ from .transport import (
     prefix_end,
 )
 
-__all__ = ["EtcdLock", "EtcdLockStatistics", "lock_keys", "decode_value"]
+__all__ = ["EtcdLock", "EtcdLockStatistics", "lock_keys", "decode_value", "check_lock_name",
+           "MAX_NAME_BYTES"]
 
 LOG = logging.getLogger("fairlock.etcd")
 
@@ -75,6 +76,11 @@ RECHECK_INTERVAL = 5.0
 MAX_TXN_RETRIES = 100
 #: Pause between attempts to read etcd back while it is unreachable (see ``EtcdLock._read``).
 UNREACHABLE_RETRY = 0.2
+#: The longest lock name, in bytes of UTF-8. A transaction carries the name's keys several times
+#: (percent-quoted: up to 3 bytes per byte), twice more for each waiter a handoff overtakes; this
+#: keeps a handoff among a hundred waiters well under etcd's request limit (1.5 MiB by default),
+#: where a longer name would be refused by etcd in the middle of a grant.
+MAX_NAME_BYTES = 1024
 
 
 def lock_keys(prefix: bytes, name: str) -> tuple[bytes, bytes, bytes]:
@@ -82,6 +88,25 @@ def lock_keys(prefix: bytes, name: str) -> tuple[bytes, bytes, bytes]:
     base = prefix + b"/locks/" + quote(name, safe="").encode()
     waiters = base + b"/w/"
     return base + b"/owner", waiters, prefix_end(waiters)
+
+
+def check_lock_name(name: object) -> str:
+    """An etcd lock name: a non-empty str of at most :data:`MAX_NAME_BYTES` bytes in UTF-8.
+
+    Any character that UTF-8 can encode is allowed, '/' and NUL included: :func:`lock_keys`
+    percent-quotes the whole name into one key component, so no name reaches another lock's keys
+    or leaves the prefix. A lone surrogate (``"\\ud800"``) cannot be encoded and is refused.
+    """
+    checked = cast(str, check_name(name, allow_none=False))  # never None with allow_none=False
+    try:
+        size = len(checked.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(f"lock name {checked[:40]!r} cannot be encoded as UTF-8 "
+                                   f"({exc.reason} at position {exc.start})") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidArgumentError(f"lock name {checked[:40]!r}... is {size} bytes in UTF-8; an etcd "
+                                   f"lock name is at most {MAX_NAME_BYTES}")
+    return checked
 
 
 def lock_name_from_key(prefix: bytes, key: bytes) -> str | None:
@@ -159,12 +184,14 @@ class EtcdLock:
         on_lost: Callable[[EtcdLock, int | None, str], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        check_name(name, allow_none=False)
+        check_lock_name(name)
         if not isinstance(session, Session):
             raise ArgumentTypeError(f"session must be a fairlock.etcd.Session, got {type(session).__name__}")
         session.check()
         if on_lost is not None and not callable(on_lost):
             raise ArgumentTypeError("on_lost must be callable")
+        if not callable(clock):
+            raise ArgumentTypeError("clock must be callable")
         self.name = name
         self.session = session
         self._local = Lock(name, lanes=lanes, default_lane=default_lane, max_bypass=max_bypass,
