@@ -1131,10 +1131,10 @@ case(G, "python -m fairlock inspect", "--url to a closed port (timeout=1)",
      lambda w: cli("inspect", "--url", f"etcd3+http://127.0.0.1:{free_port()}?timeout=1")(w), ExitStatus,
      "exit status 1: fairlock inspect: no etcd endpoint answered", subject="cli",
      shows="exit status 1, the reason on stderr", within=15.0)
-case(G, "python -m fairlock bench etcd", "--url ftp://x", cli("bench", "etcd", "--url", "ftp://x"), ExitStatus,
-     "exit status 2: ", subject="cli", shows="exit status 2, usage error on stderr",
-     xfail="fairlock/bench/etcd.py (outside this change) lets parse_url's InvalidArgumentError out "
-           "as a traceback (exit status 1)")
+for option, value in [("--url", "ftp://x"), ("--endpoint", "notaurl")]:
+    case(G, "python -m fairlock bench etcd", f"{option} {value}", cli("bench", "etcd", option, value), ExitStatus,
+         f"exit status 2: fairlock bench etcd: error: argument {option}: bad etcd URL {value!r}: scheme must be",
+         subject="cli", shows="exit status 2, usage error on stderr")
 
 IDS = [c.id for c in CASES]
 assert len(IDS) == len(set(IDS)), [i for i in IDS if IDS.count(i) > 1]

@@ -72,6 +72,23 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _etcd_url(text: str) -> str:
+    """An ``etcd3+http(s)://`` URL, checked when the command line is parsed (a usage error)."""
+    from fairlock.errors import FairlockError
+    from fairlock.etcd.config import parse_url
+
+    try:
+        parse_url(text)
+    except FairlockError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _endpoint(text: str) -> str:
+    """``http(s)://HOST:PORT`` of an etcd client port."""
+    return _etcd_url(text).rstrip("/")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reps", type=_positive_int, default=5, help="repetitions (default 5)")
     parser.add_argument("--quick", action="store_true", help="short windows and few pairs: a smoke run")
@@ -83,8 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=_seconds, default=None,
                         help="measured window of each contended run (default 5, 1.5 with --quick)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--endpoint", help="use this etcd (http://HOST:PORT) instead of starting one")
-    where.add_argument("--url", help="use this etcd, as an etcd3+http://HOST:PORT URL")
+    where.add_argument("--endpoint", type=_endpoint, help="use this etcd (http://HOST:PORT) instead of starting one")
+    where.add_argument("--url", type=_etcd_url, help="use this etcd, as an etcd3+http://HOST:PORT URL")
     parser.add_argument("--etcd3-python", metavar="PYTHON",
                         help="an interpreter whose venv has python-etcd3 0.12.0 (with protobuf<4, "
                              "tenacity<7) for the python-etcd3 0.12.0 row")
