@@ -47,8 +47,10 @@ COMPARE_TARGETS = {
 COMPARE_RESULTS = {"=": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
 
 #: etcd refusals that come before anything is proposed: a write may be sent elsewhere.
+#: "the client connection is closing" is grpc-go's ErrClientConnClosing, which a stopping
+#: member's HTTP gateway answers (408) for calls it can no longer pass to its gRPC server.
 NOT_APPLIED = ("no leader", "not enough started members", "too many requests", "not capable",
-               "server stopped", "stopping")
+               "server stopped", "stopping", "client connection is closing")
 #: etcd says the token must be renewed (expired, unknown, or issued before an auth change).
 RENEW_TOKEN = ("invalid auth token", "auth store is old", "revision of auth store is old")
 AUTH_ERRORS = ("permission denied", "user name is empty", "authentication failed",

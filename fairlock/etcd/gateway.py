@@ -228,7 +228,9 @@ def _classify(url: str, status: int, message: str, code: int | None) -> Exceptio
         return EtcdError(f"etcd at {url} refused a request that is too large: {message}")
     if any(s in low for s in _AUTH_ERRORS) or code == 7 or status == 403:
         return EtcdAuthError(f"etcd at {url} refused: {message}")
-    if status >= 500 or code in (4, 8, 13, 14):
+    # 408 is gRPC's CANCELLED through the gateway: a stopping member cancels the calls it was
+    # passing to its gRPC server. Try the next endpoint, as for 503 (UNAVAILABLE).
+    if status >= 500 or status == 408 or code in (1, 4, 8, 13, 14):
         return _TryNext(f"{status} {message}",
                         maybe_applied=not any(s in low for s in _NOT_APPLIED))
     return EtcdError(f"etcd at {url} answered {status}: {message}")

@@ -251,6 +251,14 @@ class EtcdLock:
                 # the lock on at once if our lease still has it.
                 self._pass_on()
                 self.session.check()
+        except LeaseNotFound:
+            # etcd refused a write on our lease: it expired or was revoked before the keepalive
+            # noticed. That is a lost session: declare it (its holders are told) and raise what
+            # a lost session raises, SessionLost. etcd wrote nothing of the refused txn.
+            self._local.release()
+            self.session._lease_gone()
+            self.session.check()
+            raise
         except BaseException:
             self._local.release()
             raise
@@ -360,6 +368,7 @@ class EtcdLock:
         wakeup = _threading.Event()
         self._wakeup = wakeup
         state = _WaitState(my_key, ticket, lane, ticket)
+        withdrawn = False
         try:
             while True:
                 try:
@@ -373,6 +382,12 @@ class EtcdLock:
                     state.drop_watches()
                     remaining = None if deadline is None else deadline - self._clock()
                     if remaining is not None and remaining <= 0:
+                        # Out of time with etcd still failing: leave the queue as a timeout does.
+                        # A grant that reached etcd in time makes the lock ours (True, as a
+                        # waiter chosen in the instant it timed out); otherwise raise the error.
+                        withdrawn = True
+                        if self._withdraw(my_key, ticket):
+                            return True
                         raise
                     self.session.check()
                     wakeup.wait(0.2 if remaining is None else min(0.2, remaining))
@@ -380,7 +395,7 @@ class EtcdLock:
                 if outcome is not None:
                     return outcome
         except BaseException:
-            if self._token is None:
+            if self._token is None and not withdrawn:
                 # Leaving without the lock (error, kill, session lost): take our key out of the
                 # queue; if it was granted meanwhile, pass the lock on rather than strand it.
                 self._abandon(my_key, ticket)
@@ -485,16 +500,20 @@ class EtcdLock:
             return True
         return False
 
-    def _abandon(self, my_key: bytes, ticket: int) -> None:
+    def _withdraw(self, my_key: bytes, ticket: int) -> bool:
+        """Leave the queue; True if we were granted meanwhile (the lock is then ours)."""
         try:
-            if not self._cancel(my_key, ticket):
-                return
-            self._pass_on()
+            return self._cancel(my_key, ticket)
         except (EtcdError, SessionLost) as exc:
             # Only when the session is lost (or etcd refused us otherwise than by being
             # unreachable): our lease is going, and takes our key with it.
             LOG.warning("fairlock %r: could not withdraw from the queue (%s); the key goes with the lease",
                         self.name, type(exc).__name__)
+            return False
+
+    def _abandon(self, my_key: bytes, ticket: int) -> None:
+        if self._withdraw(my_key, ticket):
+            self._pass_on()
 
     def _pass_on(self) -> None:
         """We were granted but will not run: hand the lock to the next waiter (or free it)."""

@@ -38,6 +38,8 @@ LOG = logging.getLogger("fairlock.etcd")
 
 DEFAULT_TTL = 10
 DEFAULT_PREFIX = "/fairlock"
+#: Pause before the next refresh after one failed (the transport has retried within the call).
+KEEPALIVE_RETRY = 0.5
 
 
 class SessionLost(FairlockError):
@@ -180,19 +182,24 @@ class Session:
             self._mark_lost("the lease expired")
 
     def _keep_alive(self) -> None:
-        interval = self.ttl / 3.0
+        interval = pause = self.ttl / 3.0
         # Wake at the validity deadline at the latest, so a session whose refreshes keep failing
         # is declared lost when etcd may expire it, not up to one interval later.
-        while not self._closed.wait(max(0.0, min(interval, self.valid_for()))):
+        while not self._closed.wait(max(0.0, min(pause, self.valid_for()))):
             if not self.alive():  # lost elsewhere, or the deadline passed (a pause, failures)
                 break
             try:
                 self.keepalive_once()
+                pause = interval
             except LeaseNotFound:
                 break
             except EtcdError as exc:
                 if self._closed.is_set():
                     return
+                # Try again soon, not one interval later: a failed call (one transport timeout)
+                # plus a full interval can outlast what is left of the validity, and a session
+                # would be lost over an outage shorter than its lease (etcd restarting).
+                pause = min(interval, KEEPALIVE_RETRY)
                 LOG.warning("fairlock session %x: keepalive failed (%s); the lease is valid for "
                             "%.1fs more", self.lease_id, type(exc).__name__, self.valid_for())
             except Exception:  # never let the thread die silently: the locks depend on it
