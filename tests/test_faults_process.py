@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 
 from fairlock.bench import faults
+from fairlock.etcd import EtcdLock, LockLost, Session, SessionLost
 from fairlock.testing import EtcdServer
+
+from .kinds import start, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TTL = 2
@@ -154,3 +157,49 @@ def test_command_prints_figures_and_writes_json(etcd_server: EtcdServer, tmp_pat
     (run,) = data["results"]["holder-kill"]
     assert run["ok"] and run["outcome"]["report"]["ok"]
     assert 0 < run["delays"][0]["seconds"] < run["delays"][0]["bound"] == BOUND
+
+
+def test_short_soak_with_one_two_level_lock_per_process_is_safe(etcd_server: EtcdServer,
+                                                                 etcd_prefix: bytes) -> None:
+    """The shape a service uses: a worker's threads share one EtcdLock (local queue first). A
+    paused or killed process's local waiters stop with it; safety is judged (not cross-process
+    FIFO, which two levels do not promise per thread)."""
+    result = faults.soak(etcd_server.endpoint, 1.0, processes=3, threads=4, ttl=TTL, seed=11,
+                         gap=(0.1, 0.3), kinds=("pause-holder", "kill-holder", "kill-waiter"),
+                         prefix=_prefix(etcd_prefix), shared_lock=True)
+    print(f"\nshared-lock soak {result.seconds:.0f} s: {result.outcome.summary()}")
+    assert result.failures == []
+    assert {f.kind for f in result.faults} == {"pause-holder", "kill-holder", "kill-waiter"}
+    for f in result.faults:
+        assert f.delay is not None and f.delay < BOUND, f
+    report = result.outcome.report
+    assert report.ok and report.overlaps == 0 and report.token_regressions == 0
+    assert report.lost >= 1 and report.writes_after_lost == 0
+    assert result.outcome.leaked_live == 0 and result.outcome.leaked_keys == 0
+    assert result.outcome.leaked_leases == 0 and result.outcome.errors == []
+
+
+def test_local_waiter_of_a_lost_and_closed_session_stops_with_session_lost(etcd_server: EtcdServer,
+                                                                           etcd_prefix: bytes) -> None:
+    """Regression (found by the two-level soak): a thread queued locally behind the holder of a
+    session that was lost, then closed (which closes a URL session's transport), got
+    ``EtcdError: the transport is closed`` from acquire() instead of SessionLost."""
+    session = Session(etcd_server.url(_prefix(etcd_prefix), lease_ttl=5))
+    lock = EtcdLock("local-waiter", session)
+    assert lock.acquire()
+    raised: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            lock.acquire(timeout=30)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            raised.append(exc)
+
+    thread = start(waiter)
+    wait_for(lambda: lock._local.statistics().waiting == 1, what="the thread queued locally")
+    session._mark_lost("test: the lease expired")  # as the keepalive does
+    session.close()
+    with pytest.raises(LockLost):
+        lock.release()
+    thread.join(30)
+    assert len(raised) == 1 and isinstance(raised[0], SessionLost), raised

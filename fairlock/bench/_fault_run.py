@@ -84,6 +84,8 @@ class Child:
             parts = line.split()
             if not parts:
                 continue
+            if parts[0] in ("stopped", "result", "failed"):
+                parts = line.rstrip("\n").split(" ", 1)  # the rest is JSON or a message
             if parts[0] == "g":
                 self.run._grant(int(parts[2]), int(parts[1]), self)
                 continue
@@ -189,8 +191,12 @@ class Outcome:
                 f"{self.tickets_unknown} records without ticket, errors {self.errors[:3]}")
 
 
-def judge(records: Sequence[checker.Grant], max_bypass: int | None) -> tuple[checker.Report, int]:
+def judge(records: Sequence[checker.Grant], max_bypass: int | None,
+          fairness: bool = True) -> tuple[checker.Report, int]:
     """The checker's report, and how many records had no ticket.
+
+    ``fairness=False`` (workers sharing one two-level lock per process): safety only; the FIFO
+    and bypass fields are zero and ``max_bypass`` None.
 
     Safety (overlap, tokens, writes after a loss) is judged on every record; FIFO and the bypass
     bound by etcd's ticket order, on the records whose ticket the worker could tell (all of them
@@ -198,6 +204,14 @@ def judge(records: Sequence[checker.Grant], max_bypass: int | None) -> tuple[che
     order can hide an inversion, never invent one.
     """
     ticketed = [r for r in records if r.ticket is not None]
+    if not fairness:
+        safety = checker.check(records, max_bypass=None, order="request")
+        return checker.Report(
+            grants=safety.grants, order="-", overlaps=safety.overlaps,
+            token_regressions=safety.token_regressions, fifo_violations=0, max_overtaken=0,
+            max_bypass=None, lost=safety.lost, writes_after_lost=safety.writes_after_lost,
+            violations=tuple(v for v in safety.violations if v.kind in ("overlap", "token", "lost-write")),
+        ), len(records) - len(ticketed)
     if len(ticketed) == len(records):
         return checker.check(records, max_bypass=max_bypass), 0
     safety = checker.check(records, max_bypass=None, order="request")
@@ -220,7 +234,7 @@ class Run:
 
     def __init__(self, endpoint: str, *, ttl: int = 2, lanes: Sequence[str] = LANES,
                  max_bypass: int | None = 4, prefix: str | None = None, log_dir: str | None = None,
-                 python: str | None = None, seed: int = 0) -> None:
+                 python: str | None = None, seed: int = 0, shared_lock: bool = False) -> None:
         from fairlock.etcd.gateway import GatewayTransport
         from fairlock.etcd.lock import lock_keys
 
@@ -232,6 +246,7 @@ class Run:
         self.lock = "faults"
         self.python = python or sys.executable
         self.seed = seed
+        self.shared_lock = shared_lock
         self._own_dir = log_dir is None
         self.dir = Path(log_dir or tempfile.mkdtemp(prefix="fairlock-faults-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +266,7 @@ class Run:
         spec = {"endpoint": self.endpoint, "ttl": self.ttl, "prefix": self.prefix,
                 "lock": self.lock, "worker": name, "threads": threads, "lanes": list(self.lanes),
                 "max_bypass": self.max_bypass, "log": str(self.dir / f"{name}.jsonl"),
-                "seed": self.seed * 1000 + self._spawned, **options}
+                "seed": self.seed * 1000 + self._spawned, "shared_lock": self.shared_lock, **options}
         child = Child(self, name, spec)
         self.children.append(child)
         return child
@@ -386,7 +401,7 @@ class Run:
         leaked_keys = len(self.keys())
         leaked_leases = len(ours & self.leases_alive())
         records = checker.load([c.log for c in self.children if c.log.exists()])
-        report, unknown = judge(records, self.max_bypass)
+        report, unknown = judge(records, self.max_bypass, fairness=not self.shared_lock)
         counts: dict[str, int] = {}
         errors: list[str] = []
         for c in live:

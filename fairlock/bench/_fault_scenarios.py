@@ -300,11 +300,13 @@ class _Soak:
 def soak(endpoint: str, seconds: float, *, server: Any = None, processes: int = 4, threads: int = 8,
          ttl: int = 3, max_bypass: int | None = 4, seed: int = 0, gap: tuple[float, float] = (0.5, 2.0),
          kinds: Sequence[str] | None = None, prefix: str | None = None, log_dir: str | None = None,
-         p_try: float = 0.1, p_short: float = 0.2, say: Callable[[str], None] | None = None) -> SoakResult:
+         p_try: float = 0.1, p_short: float = 0.2, shared_lock: bool = False,
+         say: Callable[[str], None] | None = None) -> SoakResult:
     """Workers under faults drawn one after another for ``seconds`` (every kind once first).
 
     ``server``: the :class:`~fairlock.testing.EtcdServer` behind ``endpoint``, for the
-    restart-etcd kind (left out without it).
+    restart-etcd kind (left out without it). ``shared_lock``: the threads of a worker share one
+    two-level lock (judged for safety only, see ``fairlock.bench._fault_worker``).
     """
     chosen = [k for k in (kinds or FAULT_KINDS) if k != "restart-etcd" or server is not None]
     rng = random.Random(seed)
@@ -312,7 +314,7 @@ def soak(endpoint: str, seconds: float, *, server: Any = None, processes: int = 
     failures: list[str] = []
     options = {"p_try": p_try, "p_short": p_short, "short_ms": 40.0, "hold_ms": [0.0, 6.0]}
     with Run(endpoint, ttl=ttl, max_bypass=max_bypass, prefix=prefix, log_dir=log_dir,
-             seed=seed) as run:
+             seed=seed, shared_lock=shared_lock) as run:
         state = _Soak(run, server, rng, processes, threads, options)
         end = time.monotonic() + seconds
         first = list(chosen)

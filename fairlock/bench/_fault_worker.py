@@ -23,6 +23,11 @@ it. ``lost_at`` is the earlier of the lost-lock callback and the first False ans
 release that raised :class:`~fairlock.etcd.LockLost`). ``check_held: false`` makes a *broken*
 worker that never asks (the checker must catch it).
 
+``shared_lock: true`` gives the threads one ``EtcdLock`` per process instead, the shape a service
+uses: threads queue locally first and only the local head queues in etcd. Its requests' tickets
+then order processes, not threads, and a thread's wait spans both levels, so the parent judges
+such a run for safety only (overlaps, tokens, writes after a loss), not for FIFO or the bound.
+
 A lost session (paused past its lease, etcd unreachable for a ttl) is replaced by a new one; the
 threads carry on with new locks on it.
 
@@ -92,6 +97,7 @@ DEFAULTS: dict[str, Any] = {
     "write_every_ms": 10.0,  # the hold thread's writes
     "check_held": True,  # False: a broken worker that writes without asking is_held()
     "request_timeout": 5.0,  # the gateway transport's timeout per call
+    "shared_lock": False,  # True: one EtcdLock per process for all threads (two levels)
 }
 
 _now = time.monotonic_ns
@@ -195,6 +201,7 @@ class Sessions:
         self._mutex = threading.Lock()
         self.current: Session | None = None
         self.leases: list[int] = []
+        self._retired: list[Transport] = []
 
     def get(self) -> Session:
         retired = None
@@ -214,14 +221,23 @@ class Sessions:
             self.leases.append(session.lease_id)
             self.out.say("session", session.lease_id)
         if retired is not None:
+            # Its transport stays open until the end: another thread may still be inside a call
+            # on a lock of the old session (it learns of the loss from the lock, not from a
+            # closed transport).
             _close(retired)
+            with self._mutex:
+                self._retired.append(retired.transport)
         return session
 
     def close(self) -> None:
         with self._mutex:
             session, self.current = self.current, None
+            transports, self._retired = self._retired, []
         if session is not None:
             _close(session)
+            transports.append(session.transport)
+        for transport in transports:
+            transport.close()
 
 
 def _close(session: Session) -> None:
@@ -229,7 +245,6 @@ def _close(session: Session) -> None:
         session.close()  # a lost session's lease was revoked already, or goes by itself
     except EtcdError:
         pass
-    session.transport.close()
 
 
 def ticketing(lock: EtcdLock) -> TicketingTransport:
@@ -238,30 +253,40 @@ def ticketing(lock: EtcdLock) -> TicketingTransport:
     return transport
 
 
-class Slot:
-    """One thread's lock on the current session, and the lost-lock notices it received."""
+class Notices:
+    """When the lost-lock callback told us, per fencing token (ns)."""
 
-    def __init__(self, worker: Worker, holder: str) -> None:
-        self.worker = worker
-        self.holder = holder
-        self.lock: EtcdLock | None = None
-        self._told: dict[int, int] = {}  # fencing token -> when the callback told us (ns)
+    def __init__(self) -> None:
+        self._told: dict[int, int] = {}
 
-    def current(self) -> EtcdLock:
-        session = self.worker.sessions.get()
-        if self.lock is None or self.lock.session is not session:
-            spec = self.worker.spec
-            self.lock = EtcdLock(spec["lock"], session, lanes=tuple(spec["lanes"]),
-                                 max_bypass=spec["max_bypass"], on_lost=self._lost)
-        return self.lock
-
-    def _lost(self, lock: EtcdLock, token: int | None, reason: str) -> None:
+    def lost(self, lock: EtcdLock, token: int | None, reason: str) -> None:
         at = _now()
         if token is not None:
             self._told.setdefault(token, at)
 
     def told_at(self, token: int) -> int | None:
         return self._told.get(token)
+
+
+class Slot:
+    """One thread's lock on the current session (its own, or the process's shared one)."""
+
+    def __init__(self, worker: Worker, holder: str) -> None:
+        self.worker = worker
+        self.holder = holder
+        self.lock: EtcdLock | None = None
+        self.notices = worker.notices if worker.spec["shared_lock"] else Notices()
+
+    def current(self) -> EtcdLock:
+        session = self.worker.sessions.get()
+        if self.worker.spec["shared_lock"]:
+            return self.worker.shared_lock(session)
+        if self.lock is None or self.lock.session is not session:
+            self.lock = self.worker.new_lock(session, self.notices)
+        return self.lock
+
+    def told_at(self, token: int) -> int | None:
+        return self.notices.told_at(token)
 
 
 class Section:
@@ -337,6 +362,21 @@ class Worker:
         self.errors: list[str] = []
         self._release_hold = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.notices = Notices()  # the shared lock's
+        self._shared: EtcdLock | None = None
+        self._shared_mutex = threading.Lock()
+
+    def new_lock(self, session: Session, notices: Notices) -> EtcdLock:
+        spec = self.spec
+        return EtcdLock(spec["lock"], session, lanes=tuple(spec["lanes"]),
+                        max_bypass=spec["max_bypass"], on_lost=notices.lost)
+
+    def shared_lock(self, session: Session) -> EtcdLock:
+        """``shared_lock``: one EtcdLock per session for every thread (the two-level lock)."""
+        with self._shared_mutex:
+            if self._shared is None or self._shared.session is not session:
+                self._shared = self.new_lock(session, self.notices)
+            return self._shared
 
     # -- bookkeeping --
 

@@ -92,6 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_positive_int, default=8, help="soak: threads per worker (default 8)")
     parser.add_argument("--max-bypass", type=int, default=4, help="K (default 4)")
     parser.add_argument("--kinds", help=f"soak: comma-separated fault kinds (default all: {','.join(FAULT_KINDS)})")
+    parser.add_argument("--shared-lock", action="store_true",
+                        help="soak: a worker's threads share one two-level lock (judged for safety only)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--endpoint", help="use this etcd (http://HOST:PORT) instead of starting one "
@@ -240,7 +242,7 @@ def _soak(args: argparse.Namespace, endpoint: str, server: Any) -> int:
              + ("" if server is not None else " (given etcd: no restarts)"))
     result = soak(endpoint, args.soak, server=server, processes=args.processes, threads=args.threads,
                   ttl=ttl, max_bypass=args.max_bypass, seed=args.seed, kinds=kinds,
-                  log_dir=args.log_dir, say=progress)
+                  log_dir=args.log_dir, shared_lock=args.shared_lock, say=progress)
     faults = Table(
         title=f"Soak: faults and recovery ({result.processes} workers x {result.threads} threads, "
               f"ttl {ttl} s, {result.seconds:.0f} s)",
@@ -265,12 +267,15 @@ def _soak(args: argparse.Namespace, endpoint: str, server: Any) -> int:
     verdict.notes = [f"{o.report.grants / max(o.seconds, 1e-9):.1f} grants/s; workers respawned: "
                      f"{result.respawned}; counts of the workers alive at the end: "
                      + ", ".join(f"{k} {v}" for k, v in o.counts.items())
-                     + f"; records without ticket: {o.tickets_unknown}; order by {o.report.order}"]
+                     + (f"; records without ticket: {o.tickets_unknown}; order by {o.report.order}"
+                        if not args.shared_lock else "; one two-level lock per worker: FIFO and "
+                        "bypass across processes not judged")]
     verdict.notes += [f"violation: {v.kind}: {v.detail}" for v in o.report.violations]
     verdict.notes += [f"worker error: {e}" for e in o.errors[:5]]
     verdict.notes += [f"fault failed: {f}" for f in result.failures[:5]]
     command = (f"python -m fairlock bench faults --soak {args.soak:g} --processes {args.processes} "
-               f"--threads {args.threads} --ttl {ttl} --max-bypass {args.max_bypass} --seed {args.seed}")
+               f"--threads {args.threads} --ttl {ttl} --max-bypass {args.max_bypass} --seed {args.seed}"
+               + (" --shared-lock" if args.shared_lock else ""))
     about = machine()
     print(f"{command}: {about['cpus']} CPUs, {about['python']}, load average {about['load_average']}")
     print()

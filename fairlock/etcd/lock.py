@@ -242,6 +242,10 @@ class EtcdLock:
         if not self._local.acquire(bool(blocking), -1 if timeout is None else timeout, lane):
             return False
         try:
+            # The session may have been lost or closed while we queued locally (the holder ahead
+            # of us was told): stop with SessionLost as its etcd waiters do, before any etcd call
+            # on a lease that may be gone, through a transport that close() may have closed.
+            self.session.check()
             # The local holder may represent higher-lane threads queued behind it.
             remote_lane = self._effective_lane(lane)
             got = self._acquire_remote(remote_lane, bool(blocking), deadline)
