@@ -269,6 +269,7 @@ class Attempt:
     got: bool | None = None
     error: BaseException | None = None
     elapsed: float = 0.0
+    ended: float = 0.0  # monotonic time when acquire returned or raised
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -286,7 +287,8 @@ def attempt(lock: TicketedLock, book: Book, who: str, *, timeout: float, lane: s
             out.got = lock.acquire(timeout=timeout, lane=lane)
         except BaseException as exc:  # noqa: BLE001 - judged by the test
             out.error = exc
-        out.elapsed = time.monotonic() - began
+        out.ended = time.monotonic()
+        out.elapsed = out.ended - began
         try:
             if out.got:
                 if granted is not None:
@@ -542,6 +544,35 @@ def test_a_session_outlives_an_outage_shorter_than_its_remaining_validity(own_et
     finally:
         session.close()
     assert keys_under([own_etcd.endpoint], "/faults") == []
+
+
+def test_a_waiter_stops_soon_after_its_session_is_lost_while_etcd_is_down(etcd_binary: str) -> None:
+    """doc/source/etcd.rst: waiters of a lost session stop at once with SessionLost. With etcd
+    down, the waiter used to try to withdraw its key first (one txn, then reads until the session
+    is lost: two transport timeouts more); the lost session's lease revoke takes the key anyway."""
+    ttl, transport_timeout = 2, 1.5
+    with EtcdServer(binary=etcd_binary, name="lost-waiter") as server:
+        url = server.url("/faults", timeout=transport_timeout, lease_ttl=ttl)
+        holder_session, waiter_session = Session(url), Session(url)
+        try:
+            holder = EtcdLock("lost-waiter", holder_session)
+            assert holder.acquire(timeout=5)
+            waiter = attempt(TicketedLock("lost-waiter", waiter_session), Book(), "waiter", timeout=60)
+            wait_for(lambda: etcd_waiters(holder_session.transport, holder_session.prefix,
+                                          "lost-waiter") == 1, what="the waiter queued")
+            server.stop()
+            down = time.monotonic()
+            lost_by = down + waiter_session.valid_for()  # its validity deadline
+            assert waiter.done.wait(ttl + 3 * transport_timeout + 2)
+            after = waiter.ended - lost_by
+            print(f"\nwaiter of a session lost with etcd down (ttl {ttl} s, transport timeout "
+                  f"{transport_timeout:g} s): SessionLost {after:.2f} s after the validity deadline")
+            assert isinstance(waiter.error, SessionLost), waiter.error
+            # the etcd call in flight at the loss (one transport timeout), then at once
+            assert after <= transport_timeout + 0.5 + 0.5, after
+        finally:
+            holder_session.close()
+            waiter_session.close()
 
 
 def test_a_stopping_etcd_is_unavailable_never_a_final_error(own_etcd: EtcdServer) -> None:

@@ -506,6 +506,11 @@ class EtcdLock:
 
     def _withdraw(self, my_key: bytes, ticket: int) -> bool:
         """Leave the queue; True if we were granted meanwhile (the lock is then ours)."""
+        if not self.session.alive():
+            # Lost or closed: the session revokes its lease, which takes our key (and a grant
+            # made to it) along. Asking etcd first would only delay the SessionLost promised at
+            # once, by whole transport timeouts when etcd is unreachable.
+            return False
         try:
             return self._cancel(my_key, ticket)
         except (EtcdError, SessionLost) as exc:
