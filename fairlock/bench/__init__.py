@@ -11,7 +11,7 @@ import importlib
 
 __all__ = ["add_parser"]
 
-_BACKENDS = ("local", "etcd", "faults")
+_BACKENDS = ("local", "etcd", "faults", "load")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
