@@ -865,11 +865,11 @@ for bad, kwargs, exc, fragment in [
 case(G, ST, "transport=5", lambda w: Session(5), ArgumentTypeError, "transport must be a Transport or a URL",
      subject=E, server="plain")
 case(G, ST, "prefix with a lone surrogate", lambda w: Session(w.transport(), prefix="/\ud800"),
-     InvalidArgumentError, "prefix", subject=E, server="plain",
-     xfail="Session (fairlock/etcd/session.py, outside this change) lets UnicodeEncodeError out")
+     InvalidArgumentError, "prefix must be valid text", subject=E, server="plain")
+case(G, ST, "prefix of 257 bytes", lambda w: Session(w.transport(), prefix="/" + "p" * 256),
+     InvalidArgumentError, "prefix must be at most 256 bytes", subject=E, server="plain")
 case(G, ST, "clock=1", lambda w: Session(w.transport(), clock=1), ArgumentTypeError, "clock must be callable",
-     subject=E, server="plain",
-     xfail="Session (fairlock/etcd/session.py, outside this change) raises a bare TypeError")
+     subject=E, server="plain")
 EL = "EtcdLock(name, session, ...)"
 for bad, name, exc, fragment in [
     ("name=None", lambda w: None, ArgumentTypeError, "lock name must be a str, got NoneType"),
@@ -1249,8 +1249,6 @@ def test_longest_etcd_name_hands_over_among_many_waiters(etcd_server: Any, etcd_
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="Session (fairlock/etcd/session.py, outside this change) does not "
-                   "close the transport it made from a URL when it then fails (here: gRPC threads)")
 def test_a_failed_session_from_a_url_closes_its_transport() -> None:
     before = {t.ident for t in threading.enumerate()}
     for _ in range(3):

@@ -50,6 +50,35 @@ class LockLost(FairlockError):
     """A lock this process held (or was queued for) is gone: its lease expired or its key vanished."""
 
 
+#: Longest prefix (UTF-8 bytes): it is part of every key the session writes.
+MAX_PREFIX_BYTES = 256
+
+
+def _checked_ttl(ttl: object) -> int:
+    ttl = DEFAULT_TTL if ttl is None else ttl
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise ArgumentTypeError("ttl must be an int number of seconds")
+    if ttl < 2:
+        raise InvalidArgumentError(f"ttl must be >= 2 seconds, got {ttl}")
+    return ttl
+
+
+def _checked_prefix(prefix: object) -> bytes:
+    prefix = DEFAULT_PREFIX if prefix is None else prefix
+    if not isinstance(prefix, str):
+        raise ArgumentTypeError("prefix must be a str")
+    if not prefix.startswith("/") or "\0" in prefix:
+        raise InvalidArgumentError(f"prefix must start with '/' and contain no NUL, got {prefix!r}")
+    try:
+        encoded = prefix.rstrip("/").encode()
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"prefix must be valid text (no lone surrogates), got {prefix!r}") from None
+    if len(encoded) > MAX_PREFIX_BYTES:
+        raise InvalidArgumentError(f"prefix must be at most {MAX_PREFIX_BYTES} bytes of UTF-8, "
+                                   f"got {len(encoded)}")
+    return encoded
+
+
 class Session:
     """An etcd lease shared by all locks of a process (or of one configuration).
 
@@ -69,29 +98,27 @@ class Session:
     ) -> None:
         owns_transport = False
         if isinstance(transport, str):
-            from .config import parse_transport_url, transport_from_url
+            from .config import parse_transport_url
 
             _, config = parse_transport_url(transport)
-            transport = transport_from_url(transport)  # etcd3+grpc:// selects gRPC, else the gateway
-            owns_transport = True
             ttl = ttl if ttl is not None else config.lease_ttl
             prefix = prefix if prefix is not None else config.prefix
-        if not isinstance(transport, Transport):
+        elif not isinstance(transport, Transport):
             raise ArgumentTypeError(f"transport must be a Transport or a URL, got {type(transport).__name__}")
-        ttl = DEFAULT_TTL if ttl is None else ttl
-        if isinstance(ttl, bool) or not isinstance(ttl, int):
-            raise ArgumentTypeError("ttl must be an int number of seconds")
-        if ttl < 2:
-            raise InvalidArgumentError(f"ttl must be >= 2 seconds, got {ttl}")
-        prefix = DEFAULT_PREFIX if prefix is None else prefix
-        if not isinstance(prefix, str):
-            raise ArgumentTypeError("prefix must be a str")
-        if not prefix.startswith("/") or "\0" in prefix:
-            raise InvalidArgumentError(f"prefix must start with '/' and contain no NUL, got {prefix!r}")
-        if on_lost is not None and not callable(on_lost):
-            raise ArgumentTypeError("on_lost must be callable")
+        # Every argument is checked before a transport is built from a URL: a bad one must not
+        # leave a client (gRPC threads, pooled connections) behind.
+        ttl = _checked_ttl(ttl)
+        encoded_prefix = _checked_prefix(prefix)
+        for what, fn in (("on_lost", on_lost), ("clock", clock), ("wall_clock", wall_clock)):
+            if (fn is not None or what != "on_lost") and not callable(fn):
+                raise ArgumentTypeError(f"{what} must be callable, got {type(fn).__name__}")
+        if isinstance(transport, str):
+            from .config import transport_from_url
+
+            transport = transport_from_url(transport)  # etcd3+grpc:// selects gRPC, else the gateway
+            owns_transport = True
         self.transport: Transport = transport
-        self.prefix = prefix.rstrip("/").encode()
+        self.prefix = encoded_prefix
         self._owns_transport = owns_transport
         self._clock = clock
         self.wall_clock = wall_clock
@@ -101,7 +128,12 @@ class Session:
         self._closed = _threading.Event()
         self._lost_reason: str | None = None
         sent = clock()
-        self.lease_id, self.ttl = transport.lease_grant(ttl)
+        try:
+            self.lease_id, self.ttl = transport.lease_grant(ttl)
+        except BaseException:
+            if owns_transport:
+                transport.close()
+            raise
         # Before this moment (our clock) etcd cannot have expired the lease: see the module doc.
         self._valid_until = sent + self.ttl
         self.identity: dict[str, object] = {
@@ -112,7 +144,13 @@ class Session:
         self._keepalive = _threading.Thread(
             target=self._keep_alive, name=f"fairlock-keepalive-{self.lease_id:x}", daemon=True
         )
+        # The keepalive thread can hang in a refresh (up to the transport's timeout) past the
+        # validity deadline; this one tells the holders at the deadline itself.
+        self._deadline_watch = _threading.Thread(
+            target=self._watch_deadline, name=f"fairlock-deadline-{self.lease_id:x}", daemon=True
+        )
         self._keepalive.start()
+        self._deadline_watch.start()
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -207,13 +245,28 @@ class Session:
         if self._lost_reason is not None and not self._closed.is_set():
             self._revoke_lost_lease()
 
+    def _watch_deadline(self) -> None:
+        # Sleeps until the validity deadline; a refresh that moved it on meanwhile means sleep on.
+        while not self._closed.wait(max(0.0, self.valid_for())):
+            if not self.alive():
+                return
+
     def _revoke_lost_lease(self) -> None:
         # Our holders were told the locks are gone; if etcd still has the lease (the deadline
-        # passed before etcd's did), revoking frees our keys now instead of one ttl later.
-        try:
-            self.transport.lease_revoke(self.lease_id)
-        except EtcdError:
-            pass  # gone already, or etcd unreachable: then it expires by itself
+        # passed before etcd's did, or etcd was down and gives every lease a fresh ttl when it
+        # is back), revoking frees our keys now instead of one ttl later. So keep trying until
+        # etcd answers, or until the session is closed (close() tries once more itself).
+        pause = KEEPALIVE_RETRY
+        while True:
+            try:
+                self.transport.lease_revoke(self.lease_id)
+                return
+            except LeaseNotFound:
+                return
+            except EtcdError:
+                if self._closed.wait(pause):
+                    return
+                pause = min(pause * 2, max(KEEPALIVE_RETRY, self.ttl / 3.0))
 
     def _mark_lost(self, reason: str) -> None:
         with self._mutex:
@@ -247,10 +300,13 @@ class Session:
         try:
             self.transport.lease_revoke(self.lease_id)
         except EtcdError as exc:
-            LOG.warning("fairlock session %x: lease revoke failed (%s); it expires in %ss",
-                        self.lease_id, type(exc).__name__, self.ttl)
-        if self._keepalive is not _threading.current_thread():
-            self._keepalive.join(self.ttl)
+            # etcd gives every lease a fresh ttl when a leader takes office: if etcd is down,
+            # the ttl counts from when it is back.
+            LOG.warning("fairlock session %x: lease revoke failed (%s); etcd expires it %ss after "
+                        "it last heard of it", self.lease_id, type(exc).__name__, self.ttl)
+        for thread in (self._keepalive, self._deadline_watch):
+            if thread is not _threading.current_thread():
+                thread.join(self.ttl)
         if self._owns_transport:
             self.transport.close()
 
