@@ -29,6 +29,10 @@ Invariants, and where they are kept:
 6. Two levels: threads of one process first queue on a local fair lock; only its holder queues in
    etcd, so a process has at most one waiter per lock; when a higher-lane thread queues locally
    behind it, the etcd waiter's lane is raised to match.
+7. A write etcd applies late (after its client gave up on an unknown outcome and moved on) leaves
+   nothing on our live lease that nobody acts on: every write is fenced by its compares, except
+   the acquire's queueing branch, whose late effects a sweeper undoes (see "writes of unknown
+   outcome" below).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from .transport import (
     Range,
     TxnResult,
     Watch,
+    WatchEvent,
     prefix_end,
 )
 
@@ -210,6 +215,13 @@ class EtcdLock:
         self._stats = {"acquisitions": 0, "uncontended": 0, "handoffs_made": 0, "recoveries": 0,
                        "txn_retries": 0, "watch_events": 0, "lost": 0}
         self._waits: dict[str, list[float]] = {lane: [] for lane in self.lanes.names}
+        # Waiter keys of acquire txns whose outcome was unknown and that had not applied when we
+        # read back (see _doubt); the sweeper's wake-up while it runs. Under _doubt_mutex.
+        self._doubt_mutex = _threading.Lock()
+        self._doubts: set[bytes] = set()
+        self._sweeper: Any = None
+        self._sweep_read = False
+        self._dir = self._owner_key[: -len(b"owner")]  # the owner key and the waiter keys
         session.register(self)
 
     # -- public API -------------------------------------------------------------------------------
@@ -328,15 +340,18 @@ class EtcdLock:
 
     def _acquire_remote(self, lane: str, blocking: bool, deadline: float | None) -> bool:
         session = self.session
-        my_key = self._wprefix + f"{session.lease_id:x}-{uuid.uuid4().hex}".encode()
         holder = self._holder_value(lane)
         nobody = [
             Compare(self._owner_key, "create_revision", "=", 0),
             Compare(self._wprefix, "create_revision", "=", 0, range_end=self._wend),
         ]
         reads: list[Put | Delete | Range] = [Range(self._owner_key), Range(self._wprefix, self._wend)]
-        queue_me = [Put(my_key, _encode({**holder, "overtaken": 0}), lease=session.lease_id)]
         for _ in range(MAX_TXN_RETRIES):
+            # A fresh key for every attempt: an earlier attempt still in flight (see below) then
+            # creates, or is granted as, a key that this attempt never uses, which the sweeper
+            # can tell apart and remove.
+            my_key = self._wprefix + f"{session.lease_id:x}-{uuid.uuid4().hex}".encode()
+            queue_me = [Put(my_key, _encode({**holder, "overtaken": 0}), lease=session.lease_id)]
             try:
                 result = self._transport.txn(
                     nobody,
@@ -345,16 +360,23 @@ class EtcdLock:
                 )
             except TxnOutcomeUnknown:
                 # The connection broke after sending: find out whether we were granted or queued.
-                mine, owner = self._read(Range(my_key), Range(self._owner_key)).responses
+                seen = self._read(Range(my_key), Range(self._owner_key))
+                mine, owner = seen.responses
                 if owner and decode_value(owner[0]).get("waiter") == my_key.decode():
                     self._granted(owner[0].mod_revision)
                     self._stats["uncontended"] += 1
                     return True
                 if mine:
                     return self._wait(my_key, mine[0].create_revision, lane, deadline)
+                # Nothing yet, which does not mean nothing ever: the request may still be on its
+                # way (etcd's gateway applies a request whose client has given up). Its compare
+                # cannot be made to fail from here (its other branch queues unconditionally), so
+                # it may still make my_key a waiter, or the owner, on our live lease, after we
+                # moved on. The sweeper watches for that and undoes it (see _sweep_doubts).
+                self._doubt(my_key, seen.revision)
                 if not blocking:
                     return False
-                continue  # nothing was written: try again
+                continue  # nothing was written so far: try again, with a new key
             if result.succeeded:
                 self._granted(result.revision)
                 self._stats["uncontended"] += 1
@@ -535,6 +557,120 @@ class EtcdLock:
             LOG.warning("fairlock %r: could not pass on a grant we will not use (%s); it goes with the lease",
                         self.name, type(exc).__name__)
 
+    # -- writes of unknown outcome ----------------------------------------------------------------
+    #
+    # Every write but one is fenced by compares that fail once we have moved on, so a copy that
+    # etcd applies late (after its client gave up and read back) does nothing: a release or
+    # handoff compares the owner key's mod revision with our token (every grant rewrites it);
+    # a cancel deletes only the key's incarnation at its create revision; a lane raise compares
+    # our key's mod revision; a recovery compares "owner absent" and every waiter it read, so
+    # applied late it is still the decision the grant rule makes then. The exception is the
+    # acquire txn: its failure branch queues unconditionally (a flat etcd txn has no third
+    # branch), and no fence key could make it fail without a key that outlives each acquire.
+    # So its late copy is undone instead: the key it names is remembered, and a sweeper thread
+    # watches the lock's keys until that copy has applied and been undone, or the session ends
+    # (then our lease takes whatever it wrote). The invariant restored: no key or grant on our
+    # live lease is left that nobody in this process acts on for longer than a watch event takes.
+
+    def _doubt(self, key: bytes, revision: int) -> None:
+        """An acquire txn naming ``key`` had an unknown outcome and had not applied at ``revision``."""
+        with self._doubt_mutex:
+            self._doubts.add(key)
+            self._sweep_read = True  # an event for key may have been drained before it was added
+            wakeup = self._sweeper
+            if wakeup is None:
+                wakeup = self._sweeper = _threading.Event()
+                _threading.Thread(target=self._sweep_doubts, args=(wakeup, revision), daemon=True,
+                                  name=f"fairlock-sweeper-{self.session.lease_id:x}").start()
+        wakeup.set()
+
+    def _sweep_doubts(self, wakeup: Any, revision: int) -> None:
+        """The sweeper: read and undo at once, then on every event about a doubtful key."""
+        watch: Watch | None = None
+        try:
+            while self.session.alive():
+                with self._doubt_mutex:
+                    if not self._doubts:
+                        self._sweeper = None  # under the mutex: a new doubt starts a new sweeper
+                        return
+                    read, self._sweep_read = self._sweep_read, False
+                try:
+                    if read:
+                        revision = self._sweep()
+                    if watch is None:
+                        # From the revision read + 1: a late copy applied after it is an event.
+                        watch = self._transport.watch(self._dir, revision + 1, prefix_end(self._dir),
+                                                      wakeup=wakeup)
+                    wakeup.wait(RECHECK_INTERVAL)
+                    wakeup.clear()
+                    while (event := watch.get(0)) is not None:
+                        revision = max(revision, event.kv.mod_revision)
+                        if self._concerns_doubts(event):
+                            with self._doubt_mutex:
+                                self._sweep_read = True
+                except (EtcdError, LockLost, SessionLost) as exc:
+                    # A broken or compacted watch may have lost events: read again, then re-watch.
+                    LOG.warning("fairlock %r: sweeping writes of unknown outcome: %s; retrying",
+                                self.name, type(exc).__name__)
+                    if watch is not None:
+                        watch.cancel()
+                        watch = None
+                    with self._doubt_mutex:
+                        self._sweep_read = True
+                    _threading.Event().wait(UNREACHABLE_RETRY)
+        finally:
+            if watch is not None:
+                watch.cancel()
+            with self._doubt_mutex:
+                if self._sweeper is wakeup:
+                    self._sweeper = None
+
+    def _concerns_doubts(self, event: WatchEvent) -> bool:
+        with self._doubt_mutex:
+            if event.kv.key in self._doubts:
+                return True
+            return (event.type == "PUT" and event.kv.key == self._owner_key
+                    and str(decode_value(event.kv).get("waiter")).encode() in self._doubts)
+
+    def _sweep(self) -> int:
+        """Undo what late acquire txns did; the revision read. A doubt is dropped once its txn is
+        seen applied and undone: etcd applies a txn at most once."""
+        lease = self.session.lease_id
+        for _ in range(MAX_TXN_RETRIES):
+            with self._doubt_mutex:
+                doubts = sorted(self._doubts)
+            seen = self._read(Range(self._owner_key), *(Range(key) for key in doubts))
+            owner, mine = seen.responses[0], seen.responses[1:]
+            done, again = set(), False
+            if owner and owner[0].lease == lease:
+                waiter = str(decode_value(owner[0]).get("waiter")).encode()
+                if waiter in doubts:
+                    # Granted to a request we had given up on (the lock was free when it arrived,
+                    # or a release chose it): nobody here runs under it. Pass it on by the grant
+                    # rule, as a waiter chosen the instant it timed out does; its token is never
+                    # used, and the next grant's is larger.
+                    try:
+                        self._release_remote(owner[0].mod_revision)
+                    except LockLost:
+                        pass  # no longer ours (lease expired): nothing left to undo
+                    done.add(waiter)
+            for key, kvs in zip(doubts, mine):
+                if not kvs:
+                    continue  # not arrived (yet), or granted (the owner, handled above)
+                # Only this incarnation: our key, created by the late txn, on our lease.
+                result = self._try_txn([Compare(key, "create_revision", "=", kvs[0].create_revision)],
+                                       [Delete(key)])
+                if result is not None and result.succeeded:
+                    done.add(key)
+                else:
+                    again = True  # granted meanwhile (we own it: next round), or outcome unknown
+            with self._doubt_mutex:
+                self._doubts -= done
+            if not again:
+                return seen.revision
+            self._stats["txn_retries"] += 1
+        raise EtcdError(f"{self!r}: could not undo a late acquire after {MAX_TXN_RETRIES} attempts")
+
     # -- handoff ----------------------------------------------------------------------------------
 
     def _waiter_states(self, kvs: Sequence[KeyValue]) -> tuple[list[WaiterState], dict[int, KeyValue]]:
@@ -663,9 +799,9 @@ class EtcdLock:
 
     def _session_lost(self, reason: str) -> None:
         token = self._token
-        wakeup = self._wakeup
-        if wakeup is not None:
-            wakeup.set()  # a waiter stops at once with SessionLost
+        for wakeup in (self._wakeup, self._sweeper):
+            if wakeup is not None:
+                wakeup.set()  # a waiter stops at once with SessionLost; the sweeper stops: the lease takes its keys
         if token is None or self._lost_reason is not None:
             return  # not held, or already told (close() after a loss must not tell it twice)
         self._lost_reason = reason
@@ -675,5 +811,8 @@ class EtcdLock:
             self._on_lost(self, token, reason)
 
     def _session_closing(self) -> None:
+        sweeper = self._sweeper
+        if sweeper is not None:
+            sweeper.set()  # it finds the session closed and stops
         if self._token is not None:
             self._session_lost("the session was closed while the lock was held")
