@@ -39,6 +39,7 @@ from typing import Any
 
 from ._etcd_runs import Target, contended, fencing_run, probe, uncontended
 from ._etcd_tables import render
+from ._args import positive_int, seconds
 from ._report import Table, machine, progress
 
 __all__ = ["HELP", "add_arguments", "run", "FAIRLOCK", "TOOZ", "TOOZ_FAIRLOCK", "ETCD3", "ETCD3_FORK", "V3LOCK", "LABELS"]
@@ -56,20 +57,6 @@ LABELS = (FAIRLOCK, TOOZ, TOOZ_FAIRLOCK, ETCD3, ETCD3_FORK, V3LOCK)
 #: The forks of python-etcd3 that install the same ``etcd3`` module and run on current protobuf.
 _FORKS = ("cslab-etcd3", "python3-etcd3", "etcd3-fc", "etcd3-fork", "etcd3-rs")
 LANES = ["high", "normal"]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
-    return value
 
 
 def _etcd_url(text: str) -> str:
@@ -90,14 +77,14 @@ def _endpoint(text: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reps", type=_positive_int, default=5, help="repetitions (default 5)")
+    parser.add_argument("--reps", type=positive_int, default=5, help="repetitions (default 5)")
     parser.add_argument("--quick", action="store_true", help="short windows and few pairs: a smoke run")
     parser.add_argument("--json", metavar="FILE", help="also write every repetition's figures as JSON")
-    parser.add_argument("--waiters", type=_positive_int, default=32, help="waiters in the contended runs (default 32)")
-    parser.add_argument("--processes", type=_positive_int, default=None,
+    parser.add_argument("--waiters", type=positive_int, default=32, help="waiters in the contended runs (default 32)")
+    parser.add_argument("--processes", type=positive_int, default=None,
                         help="worker processes the waiters are spread over (default: one per waiter; "
                              "4 with --quick); with --soak/--grants: workers (default 4)")
-    parser.add_argument("--seconds", type=_seconds, default=None,
+    parser.add_argument("--seconds", type=seconds, default=None,
                         help="measured window of each contended run (default 5, 1.5 with --quick)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--endpoint", type=_endpoint, help="use this etcd (http://HOST:PORT) instead of starting one")
@@ -106,9 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an interpreter whose venv has python-etcd3 0.12.0 (with protobuf<4, "
                              "tenacity<7) for the python-etcd3 0.12.0 row")
     soak = parser.add_argument_group("fencing checker")
-    soak.add_argument("--soak", type=_seconds, metavar="SECONDS", help="run the fencing checker for SECONDS")
-    soak.add_argument("--grants", type=_positive_int, help="run the fencing checker for N requests in total")
-    soak.add_argument("--sessions", type=_positive_int, default=1, help="sessions per worker (default 1)")
+    soak.add_argument("--soak", type=seconds, metavar="SECONDS", help="run the fencing checker for SECONDS")
+    soak.add_argument("--grants", type=positive_int, help="run the fencing checker for N requests in total")
+    soak.add_argument("--sessions", type=positive_int, default=1, help="sessions per worker (default 1)")
     soak.add_argument("--max-bypass", type=int, default=4, help="K for the checker's lanes (default 4)")
     soak.add_argument("--log-dir", help="keep the workers' grant logs here")
 

@@ -58,6 +58,7 @@ from ._fault_scenarios import (
     soak,
     waiter_kill,
 )
+from ._args import positive_int, seconds
 from ._report import Table, machine, median, progress
 
 __all__ = ["HELP", "add_arguments", "run", "SCENARIOS", "FAULT_KINDS", "Run", "Outcome", "Delay",
@@ -67,29 +68,15 @@ __all__ = ["HELP", "add_arguments", "run", "SCENARIOS", "FAULT_KINDS", "Run", "O
 HELP = "fault injection on a real etcd: holder/waiter SIGKILL, holder SIGSTOP, cancels, etcd restarts"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--scenario", choices=[*SCENARIOS, "all"],
                       help="run one scenario (or all) --reps times; print figures and verdicts")
-    what.add_argument("--soak", type=_seconds, metavar="SECONDS", help="the long form: random faults for SECONDS")
-    parser.add_argument("--reps", type=_positive_int, default=1, help="repetitions of each scenario (default 1)")
+    what.add_argument("--soak", type=seconds, metavar="SECONDS", help="the long form: random faults for SECONDS")
+    parser.add_argument("--reps", type=positive_int, default=1, help="repetitions of each scenario (default 1)")
     parser.add_argument("--ttl", type=int, default=None, help="lease TTL in seconds (default 2; soak 3)")
-    parser.add_argument("--processes", type=_positive_int, default=4, help="soak: worker processes (default 4)")
-    parser.add_argument("--threads", type=_positive_int, default=8, help="soak: threads per worker (default 8)")
+    parser.add_argument("--processes", type=positive_int, default=4, help="soak: worker processes (default 4)")
+    parser.add_argument("--threads", type=positive_int, default=8, help="soak: threads per worker (default 8)")
     parser.add_argument("--max-bypass", type=int, default=4, help="K (default 4)")
     parser.add_argument("--kinds", help=f"soak: comma-separated fault kinds (default all: {','.join(FAULT_KINDS)})")
     parser.add_argument("--shared-lock", action="store_true",

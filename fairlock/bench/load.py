@@ -26,7 +26,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import fairlock
@@ -36,6 +35,7 @@ from ._load_handoff import FAIRLOCK_LOCKUTILS, OSLO_FAIR, bench_handoff
 from ._load_memory import CHURNERS, PATTERNS
 from ._load_tables import render
 from ._local_cases import lockutils_or_none, optional_module
+from ._args import at_least, chosen_modes
 from ._report import machine, progress
 
 __all__ = ["FULL_NAMES", "FULL_WAITERS", "HELP", "QUICK_NAMES", "QUICK_WAITERS", "add_arguments", "run"]
@@ -140,16 +140,6 @@ def measure_memory(names: int, reps: int) -> dict[str, Any]:
 # -- command line ----------------------------------------------------------------------------------
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
-
-
 def _waiters(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(","))
@@ -161,9 +151,9 @@ def _waiters(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reps", type=_at_least(1), default=5,
+    parser.add_argument("--reps", type=at_least(1), default=5,
                         help="repetitions of the handoff benchmark (default 5)")
-    parser.add_argument("--memory-reps", type=_at_least(1), default=1,
+    parser.add_argument("--memory-reps", type=at_least(1), default=1,
                         help="repetitions of each memory run (default 1: byte counts repeat)")
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run: waiters {','.join(map(str, QUICK_WAITERS))}, {QUICK_NAMES} names")
@@ -173,7 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or both")
     parser.add_argument("--waiters", type=_waiters, default=None,
                         help=f"queue lengths, comma-separated (default {','.join(map(str, FULL_WAITERS))})")
-    parser.add_argument("--names", type=_at_least(1), default=None,
+    parser.add_argument("--names", type=at_least(1), default=None,
                         help=f"distinct names churned (default {FULL_NAMES})")
     parser.add_argument("--part", choices=("handoff", "memory", "both"), default="both",
                         help="which benchmark to run (default both)")
@@ -185,14 +175,6 @@ def _sizes(args: argparse.Namespace) -> tuple[tuple[int, ...], int]:
     waiters = args.waiters or (QUICK_WAITERS if args.quick else FULL_WAITERS)
     names = args.names or (QUICK_NAMES if args.quick else FULL_NAMES)
     return waiters, names
-
-
-def _modes(args: argparse.Namespace) -> list[str]:
-    modes = list(MODES) if args.mode == "both" else [args.mode]
-    if "eventlet" in modes and importlib.util.find_spec("eventlet") is None:
-        progress("eventlet is not installed: no eventlet mode")
-        modes.remove("eventlet")
-    return modes
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -220,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         json.dump(measure_handoff("eventlet", waiters, args.reps), sys.stdout)
         return 0
-    modes = _modes(args) if args.part != "memory" else []
+    modes = chosen_modes(args.mode, MODES) if args.part != "memory" else []
     if args.part != "memory" and not modes:
         return 2
     started = time.perf_counter()

@@ -22,13 +22,11 @@ fair lock does, without patching).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -60,6 +58,7 @@ from ._local_cases import (
     optional_module,
 )
 from ._local_tables import render
+from ._args import at_least, chosen_modes, seconds
 from ._report import machine, progress
 
 __all__ = [
@@ -147,32 +146,15 @@ def _measure_in_child(args: argparse.Namespace) -> dict[str, Any]:
 # -- command line ----------------------------------------------------------------------------------
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reps", type=_at_least(1), default=5, help="repetitions per case (default 5)")
+    parser.add_argument("--reps", type=at_least(1), default=5, help="repetitions per case (default 5)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds")
     parser.add_argument("--json", metavar="FILE", help="also write the results, every repetition, as JSON")
     parser.add_argument("--mode", choices=("native", "eventlet", "both"), default="both",
                         help="native threads, eventlet green threads (in a subprocess), or both")
-    parser.add_argument("--threads", type=_at_least(2), default=None,
+    parser.add_argument("--threads", type=at_least(2), default=None,
                         help=f"threads in the contended benchmark (default {FULL.contended_threads})")
-    parser.add_argument("--cap", type=_seconds, default=None,
+    parser.add_argument("--cap", type=seconds, default=None,
                         help="seconds after which a waiting migration counts as starved "
                              f"(default {FULL.cap:g}, {QUICK.cap:g} with --quick)")
     # Internal: this process is the monkey-patched eventlet child; print JSON, no tables.
@@ -186,14 +168,6 @@ def _sizes(args: argparse.Namespace) -> Sizes:
     if args.threads is not None:
         sizes = replace(sizes, contended_threads=args.threads)
     return sizes
-
-
-def _modes(args: argparse.Namespace) -> list[str]:
-    modes = list(MODES) if args.mode == "both" else [args.mode]
-    if "eventlet" in modes and importlib.util.find_spec("eventlet") is None:
-        progress("eventlet is not installed: no eventlet mode")
-        modes.remove("eventlet")
-    return modes
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -215,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         json.dump(measure("eventlet", sizes, args.reps), sys.stdout)
         return 0
-    modes = _modes(args)
+    modes = chosen_modes(args.mode, MODES)
     if not modes:
         return 2
     started = time.perf_counter()
