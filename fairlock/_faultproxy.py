@@ -19,7 +19,8 @@ process. Point a client at :attr:`FaultProxy.endpoint` instead of the server::
    * *loss*: to an application, a lost TCP segment is a *stall* -- nothing arrives until the
      retransmission does, then everything at once. With probability ``p`` per chunk the stream
      is held at that chunk ``uniform(low, high)`` seconds more (200 ms to 1 s by default: the
-     first retransmission timeouts); stalls one after another add up;
+     first retransmission timeouts); stalls one after another add up. Or exactly: hold the
+     next request or answer (:meth:`FaultProxy.stall_next`);
    * *resets*: an RST to both sides, with probability ``p`` per chunk (before it is forwarded, so
      a request may be lost before or an answer after the server acted), on a fraction of
      connections at a random moment of their first ``within`` seconds, or on every open
@@ -203,7 +204,9 @@ class FaultProxy:
         self._faults = _Faults()
         self._generation = 0  # bumped by every change; the loop acknowledges it
         self._applied = 0
-        self._actions: list[tuple[str, list[int]]] = []  # one-off actions for the loop
+        self._actions: list[tuple[str, Any]] = []  # one-off actions for the loop
+        # stall_next(): per direction, [chunks still to hold, seconds each] (loop thread only)
+        self._stall_next: dict[str, list[float]] = {d: [0, 0.0] for d in DIRECTIONS}
         self._cond = threading.Condition(threading.Lock())
         self._closing = False
         self._stats = {"connections": 0, "bytes_up": 0, "bytes_down": 0, "chunks": 0,
@@ -252,6 +255,15 @@ class FaultProxy:
         if high < low:
             raise InvalidArgumentError(f"high ({high}) must be >= low ({low})")
         self._change_directions(direction, stall_p=probability, stall_low=low, stall_high=high)
+
+    def stall_next(self, seconds: float, *, direction: str = "up", chunks: int = 1) -> None:
+        """Hold the next ``chunks`` chunks read in ``direction`` ``seconds`` more each: a
+        deterministic stall, e.g. of the next request (``"up"``) or answer (``"down"``)."""
+        seconds = _check_seconds("seconds", seconds)
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+            raise InvalidArgumentError(f"chunks must be an int >= 1, got {chunks!r}")
+        for name in _directions(direction):
+            self._change(_action=("stall-next", (name, chunks, seconds)))
 
     def set_resets(self, per_chunk: float = 0.0, per_connection: float = 0.0,
                    within: float = 1.0) -> None:
@@ -322,7 +334,7 @@ class FaultProxy:
         self._change(**updated)
 
     def _change(self, _replace: _Faults | None = None,
-                _action: tuple[str, list[int]] | None = None, **values: Any) -> None:
+                _action: tuple[str, Any] | None = None, **values: Any) -> None:
         """Apply a change and return once the loop has acted on it (so a blackhole is in force,
         or a heal has taken effect, when the setter returns)."""
         with self._cond:
@@ -384,9 +396,12 @@ class FaultProxy:
             if faults.mode != applied_mode:
                 self._enter_mode(applied_mode, faults.mode)
                 applied_mode = faults.mode
-            for kind, answer in actions:
+            for kind, arg in actions:
                 if kind == "reset-all":
-                    answer.append(self._reset_all())
+                    arg.append(self._reset_all())
+                elif kind == "stall-next":
+                    name, chunks, seconds = arg
+                    self._stall_next[name] = [chunks, seconds]
             now = self._clock()
             if faults.mode == "open":
                 self._deliver_due(now)
@@ -551,6 +566,10 @@ class FaultProxy:
         stalled = 0.0
         if data and d.stall_p and self._rng.random() < d.stall_p:
             stalled = self._rng.uniform(d.stall_low, d.stall_high)
+        pending = self._stall_next[pipe.name]
+        if data and pending[0]:
+            pending[0] -= 1
+            stalled += pending[1]
         # Never before the chunk read earlier: TCP does not reorder, whatever the jitter. A
         # stall holds the stream from where it stands, so losses one after another add up.
         due = max(now + delay, pipe.last_due) + stalled
