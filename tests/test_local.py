@@ -409,7 +409,6 @@ def test_infinite_and_huge_timeouts_wait_until_granted() -> None:
         assert result == [True]
 
 
-@pytest.mark.skipif("eventlet" in sys.modules, reason="checks a process without eventlet")
 def test_fairlock_never_imports_eventlet() -> None:
     code = (
         "import sys, threading, fairlock\n"
