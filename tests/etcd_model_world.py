@@ -161,16 +161,7 @@ class RecordingTransport(ModelTransport):
     def txn(self, compare: Any, success: Any, failure: Any = ()) -> Any:
         self._gate("txn")
 
-        def call() -> Any:
-            # etcd checks the leases of the Puts of the branch it takes only; the model checks both
-            # (a grant whose chosen waiter's lease just died raises LeaseNotFound instead of failing
-            # its compare). Until the model is fixed, send only the branch etcd will take
-            # (test_model_checks_leases_of_the_branch_not_taken pins the difference).
-            if all(self.model._holds(c) for c in compare):
-                return super(RecordingTransport, self).txn(compare, success, [])
-            return super(RecordingTransport, self).txn(compare, [], failure)
-
-        return self._recorded("txn", call)
+        return self._recorded("txn", lambda: super(RecordingTransport, self).txn(compare, success, failure))
 
     def get_range(self, key: bytes, range_end: bytes | None = None) -> Any:
         self._gate("get_range")

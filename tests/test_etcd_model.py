@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
-from fairlock.etcd import EtcdLock, SessionLost
+from fairlock.etcd import EtcdLock, LeaseNotFound, SessionLost
 from fairlock.etcd.transport import Compare, Delete
 
 from .etcd_model_world import FAULTS, LANES, World
@@ -370,9 +370,7 @@ def test_watch_broken_while_a_waiter_sets_up_its_watches_does_not_go_unnoticed()
 # -- the model itself --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="model bug: EtcdModel.txn checks the leases of both branches; "
-                   "etcd only those of the branch it takes (the harness works around it)")
-def test_model_checks_leases_of_the_branch_not_taken() -> None:
+def test_model_checks_leases_of_the_taken_branch_only() -> None:
     from fairlock.etcd.model import ModelTransport
     from fairlock.etcd.transport import Put, Range
 
@@ -382,6 +380,9 @@ def test_model_checks_leases_of_the_branch_not_taken() -> None:
     # Real etcd 3.4 takes the failure branch here (checked against etcd 3.4.23).
     result = t.txn([Compare(b"/x", "version", ">", 0)], [Put(b"/y", b"v", lease=lease)], [Range(b"/x")])
     assert not result.succeeded
+    with pytest.raises(LeaseNotFound):  # the branch taken: refused, and nothing written
+        t.txn([Compare(b"/x", "version", "=", 0)], [Put(b"/y", b"v", lease=lease)], [])
+    assert t.get_range(b"/y")[1] == ()
 
 
 # -- teeth: the same checks catch a deliberately broken lock ----------------------------------

@@ -219,8 +219,6 @@ class EtcdModel:
                 if op.key in puts:
                     raise EtcdError("etcdserver: duplicate key given in txn request")
                 puts.add(op.key)
-                if op.lease and op.lease not in self._leases:
-                    raise LeaseNotFound("etcdserver: requested lease not found")
             elif isinstance(op, Delete):
                 _check_bytes("Delete.key", op.key)
                 if op.range_end is not None:
@@ -241,10 +239,13 @@ class EtcdModel:
             self._expire_due()
             for c in compare:
                 self._check_compare(c)
-            self._check_ops(success)
+            self._check_ops(success)  # etcd checks the form of both branches ...
             self._check_ops(failure)
             succeeded = all(self._holds(c) for c in compare)
             ops = success if succeeded else failure
+            for op in ops:  # ... and the leases of the branch it takes only (checked on 3.4.23)
+                if isinstance(op, Put) and op.lease and op.lease not in self._leases:
+                    raise LeaseNotFound("etcdserver: requested lease not found")
             new_revision = self.revision + 1
             view = dict(self._kvs)  # later ops of the txn see its earlier writes, as in etcd
             events: list[WatchEvent] = []
