@@ -1121,6 +1121,9 @@ for command, args, says in [
     ("bench etcd", "--waiters 0", "fairlock bench etcd: error: argument --waiters: must be >= 1, got 0"),
     ("bench etcd", "--seconds -1", "fairlock bench etcd: error: argument --seconds: must be > 0 seconds"),
     ("bench etcd", "--max-bypass -1", "fairlock bench etcd: --max-bypass must be >= 0"),
+    ("bench local", "--json /nonexistent-dir/x.json",
+     "fairlock bench local: error: argument --json: directory '/nonexistent-dir' does not exist"),
+    ("bench faults", "--soak nan", "fairlock bench faults: error: argument --soak: must be > 0 seconds"),
     ("inspect", "", "fairlock inspect: error: the following arguments are required: --url"),
     ("inspect", "--url ftp://x", "fairlock inspect: bad etcd URL 'ftp://x': scheme must be one of"),
     ("", "nosuch", "fairlock: error: argument COMMAND: invalid choice: 'nosuch'"),
@@ -1256,6 +1259,28 @@ def test_a_failed_session_from_a_url_closes_its_transport() -> None:
             Session(f"etcd3+grpc://127.0.0.1:{free_port()}?timeout=0.5")
     wait_for(lambda: {t.ident for t in threading.enumerate()} <= before, timeout=3.0,
              what="the transport's threads to end")
+
+
+def test_a_value_the_library_refuses_at_run_time_is_a_usage_error(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line's safety net: a FairlockError about an argument that the parser let
+    through ends as exit status 2 and one line on stderr, not a traceback."""
+    import argparse
+
+    from fairlock import __main__ as cli_main
+
+    def refuse(args: argparse.Namespace) -> int:
+        raise InvalidArgumentError("lock name must not be empty")
+
+    def build() -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog="fairlock")
+        commands = parser.add_subparsers(dest="command", required=True)
+        commands.add_parser("demo").set_defaults(func=refuse)
+        return parser
+
+    monkeypatch.setattr(cli_main, "build_parser", build)
+    assert cli_main.main(["demo"]) == 2
+    assert capsys.readouterr().err == "fairlock demo: error: lock name must not be empty\n"
 
 
 # -- the table in the docs -------------------------------------------------------------------------

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 from collections.abc import Callable, Sequence
 
 from ._report import progress
 
-__all__ = ["at_least", "positive_int", "seconds", "chosen_modes"]
+__all__ = ["at_least", "positive_int", "seconds", "chosen_modes", "json_file"]
 
 
 def at_least(low: int) -> Callable[[str], int]:
@@ -38,3 +39,15 @@ def chosen_modes(choice: str, known: Sequence[str]) -> list[str]:
         progress("eventlet is not installed: no eventlet mode")
         chosen.remove("eventlet")
     return chosen
+
+
+def json_file(text: str) -> str:
+    """A file the results can be written to at the end: refused now, not after a long run."""
+    directory = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"directory {directory!r} does not exist")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    if not os.access(directory, os.W_OK):
+        raise argparse.ArgumentTypeError(f"directory {directory!r} is not writable")
+    return text

@@ -39,7 +39,7 @@ from typing import Any
 
 from ._etcd_runs import Target, contended, fencing_run, probe, uncontended
 from ._etcd_tables import render
-from ._args import positive_int, seconds
+from ._args import json_file, positive_int, seconds
 from ._report import Table, machine, progress
 
 __all__ = ["HELP", "add_arguments", "run", "FAIRLOCK", "TOOZ", "TOOZ_FAIRLOCK", "ETCD3", "ETCD3_FORK", "V3LOCK", "LABELS"]
@@ -79,7 +79,7 @@ def _endpoint(text: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reps", type=positive_int, default=5, help="repetitions (default 5)")
     parser.add_argument("--quick", action="store_true", help="short windows and few pairs: a smoke run")
-    parser.add_argument("--json", metavar="FILE", help="also write every repetition's figures as JSON")
+    parser.add_argument("--json", metavar="FILE", type=json_file, help="also write every repetition's figures as JSON")
     parser.add_argument("--waiters", type=positive_int, default=32, help="waiters in the contended runs (default 32)")
     parser.add_argument("--processes", type=positive_int, default=None,
                         help="worker processes the waiters are spread over (default: one per waiter; "

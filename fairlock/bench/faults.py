@@ -58,7 +58,7 @@ from ._fault_scenarios import (
     soak,
     waiter_kill,
 )
-from ._args import positive_int, seconds
+from ._args import json_file, positive_int, seconds
 from ._report import Table, machine, median, progress
 
 __all__ = ["HELP", "add_arguments", "run", "SCENARIOS", "FAULT_KINDS", "Run", "Outcome", "Delay",
@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shared-lock", action="store_true",
                         help="soak: a worker's threads share one two-level lock (judged for safety only)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--json", metavar="FILE", type=json_file, help="also write the figures as JSON")
     parser.add_argument("--endpoint", help="use this etcd (http://HOST:PORT) instead of starting one "
                                            "(then no etcd restarts)")
     parser.add_argument("--log-dir", help="keep the workers' grant logs here")

@@ -35,7 +35,7 @@ from ._load_handoff import FAIRLOCK_LOCKUTILS, OSLO_FAIR, bench_handoff
 from ._load_memory import CHURNERS, PATTERNS
 from ._load_tables import render
 from ._local_cases import lockutils_or_none, optional_module
-from ._args import at_least, chosen_modes
+from ._args import at_least, chosen_modes, json_file
 from ._report import machine, progress
 
 __all__ = ["FULL_NAMES", "FULL_WAITERS", "HELP", "QUICK_NAMES", "QUICK_WAITERS", "add_arguments", "run"]
@@ -157,7 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="repetitions of each memory run (default 1: byte counts repeat)")
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run: waiters {','.join(map(str, QUICK_WAITERS))}, {QUICK_NAMES} names")
-    parser.add_argument("--json", metavar="FILE", help="also write the results, every repetition, as JSON")
+    parser.add_argument("--json", metavar="FILE", type=json_file, help="also write the results, every repetition, as JSON")
     parser.add_argument("--mode", choices=("native", "eventlet", "both"), default="both",
                         help="handoffs with native threads, eventlet green threads (in a subprocess), "
                              "or both")

@@ -58,7 +58,7 @@ from ._local_cases import (
     optional_module,
 )
 from ._local_tables import render
-from ._args import at_least, chosen_modes, seconds
+from ._args import at_least, chosen_modes, json_file, seconds
 from ._report import machine, progress
 
 __all__ = [
@@ -149,7 +149,7 @@ def _measure_in_child(args: argparse.Namespace) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reps", type=at_least(1), default=5, help="repetitions per case (default 5)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds")
-    parser.add_argument("--json", metavar="FILE", help="also write the results, every repetition, as JSON")
+    parser.add_argument("--json", metavar="FILE", type=json_file, help="also write the results, every repetition, as JSON")
     parser.add_argument("--mode", choices=("native", "eventlet", "both"), default="both",
                         help="native threads, eventlet green threads (in a subprocess), or both")
     parser.add_argument("--threads", type=at_least(2), default=None,
