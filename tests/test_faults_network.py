@@ -41,6 +41,7 @@ from fairlock.etcd.lock import lock_keys
 from fairlock.etcd.transport import (
     Delete,
     EtcdUnavailable,
+    ForwardingTransport,
     Put,
     Range,
     Transport,
@@ -531,13 +532,13 @@ def test_partition_longer_than_ttl_loses_the_holder_and_frees_the_lock(
     assert keys_under(etcd_server, prefix) == []
 
 
-class LateWrites(Transport):
+class LateWrites(ForwardingTransport):
     """A transport whose next writing txn is not sent when asked: the caller gets
     TxnOutcomeUnknown at once, as after a timeout, and :meth:`deliver` sends it later -- what TCP
     does with a request stalled past its client's timeout (etcd applies it when it arrives)."""
 
     def __init__(self, inner: Transport) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.hold_next = False
         self.held: list[tuple[Any, Any, Any]] = []
 
@@ -552,24 +553,6 @@ class LateWrites(Transport):
         held, self.held = self.held, []
         return [self.inner.txn(*t) for t in held]
 
-    def get_range(self, key: bytes, range_end: bytes | None = None) -> Any:
-        return self.inner.get_range(key, range_end)
-
-    def watch(self, key: bytes, start_revision: int, range_end: bytes | None = None,
-              **kwargs: Any) -> Any:
-        return self.inner.watch(key, start_revision, range_end, **kwargs)
-
-    def lease_grant(self, ttl: int) -> Any:
-        return self.inner.lease_grant(ttl)
-
-    def lease_keepalive(self, lease_id: int) -> int:
-        return self.inner.lease_keepalive(lease_id)
-
-    def lease_revoke(self, lease_id: int) -> None:
-        self.inner.lease_revoke(lease_id)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def test_an_acquire_applied_after_its_client_gave_up_strands_no_lock(etcd_server: Any,

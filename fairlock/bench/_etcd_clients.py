@@ -72,10 +72,11 @@ def _ticketing(inner: Any) -> Any:
     one that either takes the free lock or queues the waiter key: its revision is the request's
     place in etcd's order (the waiter key's create revision), which the checker orders FIFO by.
     """
-    from fairlock.etcd.transport import Transport
+    from fairlock.etcd.transport import ForwardingTransport
 
-    class TicketingTransport(Transport):
+    class TicketingTransport(ForwardingTransport):
         def __init__(self) -> None:
+            super().__init__(inner)
             self._local = threading.local()
 
         @property
@@ -92,24 +93,6 @@ def _ticketing(inner: Any) -> Any:
                 self._local.ticket = result.revision
                 self._local.open = False
             return result
-
-        def get_range(self, key: Any, range_end: Any = None) -> Any:
-            return inner.get_range(key, range_end)
-
-        def watch(self, key: Any, start_revision: int, range_end: Any = None, **kwargs: Any) -> Any:
-            return inner.watch(key, start_revision, range_end, **kwargs)
-
-        def lease_grant(self, ttl: int) -> Any:
-            return inner.lease_grant(ttl)
-
-        def lease_keepalive(self, lease_id: int) -> Any:
-            return inner.lease_keepalive(lease_id)
-
-        def lease_revoke(self, lease_id: int) -> None:
-            inner.lease_revoke(lease_id)
-
-        def close(self) -> None:
-            inner.close()
 
     return TicketingTransport()
 

@@ -67,12 +67,11 @@ from fairlock.etcd.transport import (
     Delete,
     EtcdError,
     EtcdUnavailable,
-    KeyValue,
+    ForwardingTransport,
     Put,
     Range,
     Transport,
     TxnResult,
-    Watch,
 )
 
 #: Every spec key and its default.
@@ -116,7 +115,7 @@ class Out:
             sys.stdout.flush()
 
 
-class TicketingTransport(Transport):
+class TicketingTransport(ForwardingTransport):
     """Passes every call on; remembers per thread the ticket of the acquire begun last.
 
     The ticket is the revision of the transaction that first wrote the request: the one that
@@ -128,7 +127,7 @@ class TicketingTransport(Transport):
     """
 
     def __init__(self, inner: Transport) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._local = threading.local()
 
     def begin(self) -> None:
@@ -172,24 +171,6 @@ class TicketingTransport(Transport):
         # sets the ticket) or we took the lock, or were granted through the queue already. The
         # owner key cannot tell those two apart, so the ticket stays unknown.
 
-    def get_range(self, key: bytes, range_end: bytes | None = None) -> tuple[int, list[KeyValue]]:
-        return self.inner.get_range(key, range_end)
-
-    def watch(self, key: bytes, start_revision: int, range_end: bytes | None = None, *,
-              no_put: bool = False, wakeup: Any = None) -> Watch:
-        return self.inner.watch(key, start_revision, range_end, no_put=no_put, wakeup=wakeup)
-
-    def lease_grant(self, ttl: int) -> tuple[int, int]:
-        return self.inner.lease_grant(ttl)
-
-    def lease_keepalive(self, lease_id: int) -> int:
-        return self.inner.lease_keepalive(lease_id)
-
-    def lease_revoke(self, lease_id: int) -> None:
-        self.inner.lease_revoke(lease_id)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class Sessions:

@@ -28,6 +28,7 @@ __all__ = [
     "WatchEvent",
     "Watch",
     "Transport",
+    "ForwardingTransport",
     "EtcdError",
     "EtcdUnavailable",
     "EtcdAuthError",
@@ -189,3 +190,34 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections and stop background threads; idempotent."""
+
+
+class ForwardingTransport(Transport):
+    """Passes every call on to ``inner``: subclass it and override only the calls to intercept
+    (counting, recording, holding a write back to deliver it late in a fault test)."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+
+    def txn(self, compare: Sequence[Compare], success: Sequence[Put | Delete | Range],
+            failure: Sequence[Put | Delete | Range] = ()) -> TxnResult:
+        return self.inner.txn(compare, success, failure)
+
+    def get_range(self, key: bytes, range_end: bytes | None = None) -> tuple[int, list[KeyValue]]:
+        return self.inner.get_range(key, range_end)
+
+    def watch(self, key: bytes, start_revision: int, range_end: bytes | None = None, *,
+              no_put: bool = False, wakeup: Any = None) -> Watch:
+        return self.inner.watch(key, start_revision, range_end, no_put=no_put, wakeup=wakeup)
+
+    def lease_grant(self, ttl: int) -> tuple[int, int]:
+        return self.inner.lease_grant(ttl)
+
+    def lease_keepalive(self, lease_id: int) -> int:
+        return self.inner.lease_keepalive(lease_id)
+
+    def lease_revoke(self, lease_id: int) -> None:
+        self.inner.lease_revoke(lease_id)
+
+    def close(self) -> None:
+        self.inner.close()
