@@ -585,6 +585,13 @@ def test_a_stopping_etcd_is_unavailable_never_a_final_error(own_etcd: EtcdServer
 
     refused = _classify("http://x", 408, "grpc: the client connection is closing", 1)
     assert isinstance(refused, _TryNext) and not refused.maybe_applied
+    # The gRPC transport reads the same status (CANCELLED) the same way.
+    import grpc
+
+    from fairlock.etcd.grpc import _classify as grpc_classify
+
+    refused = grpc_classify("x:2379", grpc.StatusCode.CANCELLED, "grpc: the client connection is closing")
+    assert isinstance(refused, _TryNext) and not refused.maybe_applied
 
     transport = GatewayTransport([own_etcd.endpoint], timeout=1.0)
     stop, errors, calls = threading.Event(), [], [0]

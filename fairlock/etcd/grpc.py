@@ -206,8 +206,12 @@ def _classify(url: str, code: Any, details: str, deadline: float | None = None) 
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         waited = f" within {deadline:g} s" if deadline is not None else ""
         return _TryNext(f"no answer{waited}", maybe_applied=True)
+    # CANCELLED that we did not ask for is a member going away: a stopping etcd cancels the calls
+    # in flight ("the client connection is closing"), as the gateway's 408 says. Final, it made
+    # release() give up with the owner key on a live lease (tests/test_faults_etcd.py).
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED):
+                grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED,
+                grpc.StatusCode.CANCELLED):
         not_sent = any(s in low for s in _NOT_APPLIED)
         return _TryNext(_short(details, name), maybe_applied=not not_sent)
     return EtcdError(f"etcd at {url} answered {name}: {details}")

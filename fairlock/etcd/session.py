@@ -109,8 +109,10 @@ class Session:
         # leave a client (gRPC threads, pooled connections) behind.
         ttl = _checked_ttl(ttl)
         encoded_prefix = _checked_prefix(prefix)
-        for what, fn in (("on_lost", on_lost), ("clock", clock), ("wall_clock", wall_clock)):
-            if (fn is not None or what != "on_lost") and not callable(fn):
+        if on_lost is not None and not callable(on_lost):
+            raise ArgumentTypeError(f"on_lost must be callable, got {type(on_lost).__name__}")
+        for what, fn in (("clock", clock), ("wall_clock", wall_clock)):
+            if not callable(fn):
                 raise ArgumentTypeError(f"{what} must be callable, got {type(fn).__name__}")
         if isinstance(transport, str):
             from .config import transport_from_url
