@@ -3,6 +3,7 @@ the "etcd" and "etcd-two-level" kinds in tests/kinds.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -174,6 +175,32 @@ def test_timeouts_and_cancels_leave_no_keys(sessions: Sessions) -> None:
         t.join(60)
     assert sorted(results) == [False] * 3 + [True] * 3
     assert sessions.keys() == []
+
+
+def test_statistics_have_the_local_locks_shape_with_int_counts(sessions: Sessions) -> None:
+    holder = EtcdLock("stats", sessions.new(), lanes=("high", "low"), default_lane="low")
+    waiter = EtcdLock("stats", sessions.new(), lanes=("high", "low"), default_lane="low")
+    timed_out = EtcdLock("stats", sessions.new(), lanes=("high", "low"), default_lane="low")
+    assert holder.acquire()
+    assert timed_out.acquire(timeout=0.05) is False
+    done = start(lambda: (waiter.acquire(lane="high"), waiter.release()))
+    wait_for(lambda: etcd_waiters(holder) == 1, what="the waiter queued in etcd")
+    holder.release()
+    done.join(30)
+    stats = waiter.statistics()
+    assert dataclasses.is_dataclass(stats)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.name = "x"  # type: ignore[misc]
+    assert set(stats.lanes) == {"high", "low"}
+    high = stats.lanes["high"]
+    assert isinstance(high, fairlock.LaneStatistics)
+    assert (stats.grants, high.queued_grants, high.wait_histogram.count, high.hold_histogram.count) == (1, 1, 1, 1)
+    assert isinstance(high.queued_grants, int) and high.wait_max > 0
+    assert stats.lanes["low"].queued_grants == 0
+    assert timed_out.statistics().lanes["low"].timeouts == 1 and timed_out.statistics().timeouts == 1
+    own = holder.statistics()
+    assert (own.grants, own.uncontended, own.handoffs_made) == (1, 1, 1)
+    assert own.lanes["low"].queued_grants == 0 and own.lanes["low"].hold_histogram.count == 1
 
 
 def test_holder_told_when_session_lost_and_next_waiter_proceeds(sessions: Sessions) -> None:

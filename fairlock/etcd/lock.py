@@ -42,7 +42,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, cast
 from urllib.parse import quote, unquote
 
@@ -52,6 +54,7 @@ from .._core import DEFAULT_MAX_BYPASS, Lanes, WaiterState, check_max_bypass, pl
 from ..context import resolve_lane
 from ..errors import ArgumentTypeError, InvalidArgumentError, NotHeldError, NotOwnerError
 from ..local import Lock, check_name, check_timeout
+from ..stats import LaneCounters, LaneStatistics, _PerLane, snapshot_lanes
 from .session import LockLost, Session, SessionLost
 from .transport import (
     Compare,
@@ -152,18 +155,33 @@ class _WaitState:
 
 
 @dataclass(frozen=True)
-class EtcdLockStatistics:
+class EtcdLockStatistics(_PerLane):
+    """This process's figures for one etcd lock, since the :class:`EtcdLock` was created.
+
+    The same shape as :class:`fairlock.LockStatistics`: ``lanes`` maps each lane to a
+    :class:`fairlock.LaneStatistics` (waits include the local queue and the etcd queue).
+    """
+
     name: str
     held: bool
     fencing_token: int | None
+    #: All grants to this process (the same as ``grants``).
     acquisitions: int
+    #: Grants that etcd made at once, no other process queued (the local queue may have been
+    #: waited on; such a grant still counts in its lane's ``queued_grants``).
     uncontended: int
+    #: Releases that handed the lock to a waiter in one transaction.
     handoffs_made: int
     recoveries: int
     txn_retries: int
     watch_events: int
     lost: int
-    lanes: dict[str, dict[str, float]] = field(default_factory=dict)
+    lanes: Mapping[str, LaneStatistics] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def grants(self) -> int:
+        """All grants to this process, as :attr:`fairlock.LockStatistics.grants`."""
+        return self.acquisitions
 
 
 class EtcdLock:
@@ -214,7 +232,12 @@ class EtcdLock:
         self._wakeup: Any = None  # the current etcd waiter's wake-up event
         self._stats = {"acquisitions": 0, "uncontended": 0, "handoffs_made": 0, "recoveries": 0,
                        "txn_retries": 0, "watch_events": 0, "lost": 0}
-        self._waits: dict[str, list[float]] = {lane: [] for lane in self.lanes.names}
+        # Per lane, in the order of self.lanes.names; bounded whatever the number of grants.
+        self._lane_counters = [LaneCounters() for _ in self.lanes.names]
+        self._counters_mutex = _threading.Lock()  # for the counts of requests that did not win
+        self._held_since = 0.0
+        self._held_lane = 0
+        self._remote_uncontended = False
         # Waiter keys of acquire txns whose outcome was unknown and that had not applied when we
         # read back (see _doubt); the sweeper's wake-up while it runs. Under _doubt_mutex.
         self._doubt_mutex = _threading.Lock()
@@ -252,7 +275,12 @@ class EtcdLock:
         start = self._clock()
         deadline = None if timeout is None else start + timeout
         if not self._local.acquire(bool(blocking), -1 if timeout is None else timeout, lane):
+            if blocking:
+                self._count_failure(lane, "timeouts")
             return False
+        # Set by _hand_to for a queued local request; an owner that took the fast path has none
+        # (unless a waiter registered it in the meantime: then this grant counts as queued).
+        queued_locally = self._local._owner_ticket is not None
         try:
             # The session may have been lost or closed while we queued locally (the holder ahead
             # of us was told): stop with SessionLost as its etcd waiters do, before any etcd call
@@ -277,13 +305,27 @@ class EtcdLock:
             raise
         except BaseException:
             self._local.release()
+            self._count_failure(lane, "cancels")
             raise
         if not got:
             self._local.release()
+            if blocking:
+                self._count_failure(lane, "timeouts")
             return False
-        self._waits[lane].append(self._clock() - start)
+        # Counted by the holder of the local lock: no two threads update these at once.
+        now = self._clock()
+        rank = self.lanes.rank(lane)
+        if queued_locally or not self._remote_uncontended:
+            self._lane_counters[rank].granted_after(now - start)
+        self._held_since = now
+        self._held_lane = rank
         self._stats["acquisitions"] += 1
         return True
+
+    def _count_failure(self, lane: str, what: str) -> None:
+        counters = self._lane_counters[self.lanes.rank(lane)]
+        with self._counters_mutex:
+            setattr(counters, what, getattr(counters, what) + 1)
 
     def release(self) -> None:
         if not self._local.owned():
@@ -291,6 +333,7 @@ class EtcdLock:
                 raise NotOwnerError(f"release of {self!r} by a thread that does not hold it")
             raise NotHeldError(f"release of {self!r}, which is not held")
         token, lost = self._token, self._lost_reason
+        self._lane_counters[self._held_lane].held_for(self._clock() - self._held_since)
         self._token = None
         self._lost_reason = None
         try:
@@ -309,10 +352,11 @@ class EtcdLock:
         self.release()
 
     def statistics(self) -> EtcdLockStatistics:
-        lanes = {}
-        for lane, waits in self._waits.items():
-            lanes[lane] = {"grants": float(len(waits)), "wait_total": sum(waits),
-                           "wait_max": max(waits, default=0.0)}
+        """This process's figures for the lock: grants, handoffs, etcd traffic, and per lane the
+        local waiters now, queued grants, waits, holds, timeouts."""
+        waiting = self._local.statistics().waiting_per_lane
+        with self._counters_mutex:
+            lanes = snapshot_lanes(self.lanes.names, self._lane_counters, waiting)
         return EtcdLockStatistics(name=self.name, held=self.is_held(), fencing_token=self.fencing_token,
                                   lanes=lanes, **self._stats)
 
@@ -340,6 +384,7 @@ class EtcdLock:
 
     def _acquire_remote(self, lane: str, blocking: bool, deadline: float | None) -> bool:
         session = self.session
+        self._remote_uncontended = False
         holder = self._holder_value(lane)
         nobody = [
             Compare(self._owner_key, "create_revision", "=", 0),
@@ -365,6 +410,7 @@ class EtcdLock:
                 if owner and decode_value(owner[0]).get("waiter") == my_key.decode():
                     self._granted(owner[0].mod_revision)
                     self._stats["uncontended"] += 1
+                    self._remote_uncontended = True
                     return True
                 if mine:
                     return self._wait(my_key, mine[0].create_revision, lane, deadline)
@@ -380,6 +426,7 @@ class EtcdLock:
             if result.succeeded:
                 self._granted(result.revision)
                 self._stats["uncontended"] += 1
+                self._remote_uncontended = True
                 return True
             if not blocking:
                 return False
