@@ -8,6 +8,7 @@ module imports nothing heavy (oslo, eventlet) until the command runs.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -34,14 +35,54 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignor
 ]
 
 
+_RST_MARKUP = [
+    (re.compile(r":[a-z]+(?::[a-z]+)?:`~?([^`<]*?)\s*<[^`>]*>`"), r"\1"),  # :ref:`text <target>`
+    (re.compile(r":[a-z]+(?::[a-z]+)?:`~([^`]*\.)?([^`.]+)`"), r"\2"),  # :class:`~a.b.C` -> C
+    (re.compile(r":[a-z]+(?::[a-z]+)?:`([^`]+)`"), r"\1"),  # :func:`a.b` -> a.b
+    (re.compile(r"``([^`]+)``"), r"\1"),  # ``literal``
+    (re.compile(r"`([^`<]+?)\s*(?:<[^`>]*>)?`_{1,2}"), r"\1"),  # `link <url>`_
+    (re.compile(r"\*\*([^*\s][^*]*)\*\*"), r"\1"),  # **strong**
+    (re.compile(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])"), r"\1"),  # *emphasis*
+    (re.compile(r"(\S)::$", re.MULTILINE), r"\1:"),  # "as follows::" introduces a block
+]
+
+
+def plain_text(text: str | None) -> str | None:
+    """``text`` (reStructuredText from a docstring) without its markup, for ``--help``."""
+    if not text:
+        return text
+    for pattern, replacement in _RST_MARKUP:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Strip reStructuredText markup from every description and help text, sub-commands too."""
+    parser.description = plain_text(parser.description)
+    parser.epilog = plain_text(parser.epilog)
+    for action in parser._actions:
+        if isinstance(action.help, str):
+            action.help = plain_text(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain_text(choice.help)
+            for sub in set(action.choices.values()):
+                _plain_help(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fairlock",
         description="fairlock: fair locks for OpenStack-sized systems.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in _COMMANDS:
         register(commands)
+    # Descriptions are module docstrings, written for Sphinx; the terminal gets plain text.
+    _plain_help(parser)
     return parser
 
 

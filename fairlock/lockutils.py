@@ -528,7 +528,7 @@ class AcquireLockFailedException(_oslo.AcquireLockFailedException, FairlockError
     """
 
     def __init__(self, lock_name: str) -> None:
-        # args = (lock_name,) so that the exception survives pickling (oslo's does not).
+        # args = (lock_name,), as oslo's: the exception survives pickling (RPC, multiprocessing).
         Exception.__init__(self, lock_name)
         self.lock_name = lock_name
         self.message = f"Failed to acquire the lock {lock_name}"
