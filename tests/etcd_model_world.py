@@ -46,7 +46,7 @@ from typing import Any
 from fairlock._core import Lanes, WaiterState, plan_grant
 from fairlock.etcd import EtcdLock, LockLost, Session, SessionLost
 from fairlock.etcd.lock import decode_value, lock_keys
-from fairlock.etcd.model import EtcdModel, ModelTransport
+from fairlock.testing.etcd_model import EtcdModel, ModelTransport
 from fairlock.etcd.transport import (
     EtcdError,
     EtcdUnavailable,

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from fairlock.bench import checker, etcd
-from fairlock.bench._etcd_runs import fencing_run
-from fairlock.bench.checker import Grant
+from benchmarks import etcd
+from fairlock.testing import checker
+from benchmarks._etcd_runs import fencing_run
+from fairlock.testing.checker import Grant
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLES = ("1. Uncontended", "2. Contended", "3. Watch events", "4. Leases", "5. Fairness")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fairlock.__main__ import main
-from fairlock.bench import local
+from benchmarks import local
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("native", "eventlet")
@@ -137,7 +137,7 @@ def test_child_refuses_to_run_unpatched() -> None:
 
 def test_fairlock_and_the_cli_never_import_eventlet() -> None:
     code = (
-        "import sys, fairlock, fairlock.__main__, fairlock.bench.local; "
+        "import sys, fairlock, fairlock.__main__, benchmarks.local; "
         "fairlock.__main__.build_parser(); "
         "assert 'eventlet' not in sys.modules, 'eventlet imported'"
     )

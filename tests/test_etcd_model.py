@@ -371,7 +371,7 @@ def test_watch_broken_while_a_waiter_sets_up_its_watches_does_not_go_unnoticed()
 
 
 def test_model_checks_leases_of_the_taken_branch_only() -> None:
-    from fairlock.etcd.model import ModelTransport
+    from fairlock.testing.etcd_model import ModelTransport
     from fairlock.etcd.transport import Put, Range
 
     t = ModelTransport()

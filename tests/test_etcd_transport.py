@@ -22,7 +22,7 @@ import pytest
 from fairlock.errors import ArgumentTypeError, InvalidArgumentError
 from fairlock.etcd.config import EtcdConfig, parse_url
 from fairlock.etcd.gateway import GatewayTransport
-from fairlock.etcd.model import EtcdModel, ModelTransport
+from fairlock.testing.etcd_model import EtcdModel, ModelTransport
 from fairlock.etcd.transport import (
     Compare,
     Delete,
@@ -379,7 +379,7 @@ def test_gateway_constructor_checks(tmp_path: Any) -> None:
 
 
 def test_importing_the_etcd_modules_does_not_import_eventlet() -> None:
-    code = ("import sys, fairlock.etcd.gateway, fairlock.etcd.model, fairlock.etcd.config, "
+    code = ("import sys, fairlock.etcd.gateway, fairlock.testing.etcd_model, fairlock.etcd.config, "
             "fairlock.testing; assert 'eventlet' not in sys.modules, sorted(sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]

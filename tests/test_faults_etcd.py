@@ -10,7 +10,7 @@
 3. etcd down at acquire: a clear error within the configured timeouts; a dead endpoint listed
    before a live one costs at most one connect timeout.
 
-Every critical section is a :class:`fairlock.bench.checker.Grant`, collected in memory from
+Every critical section is a :class:`fairlock.testing.checker.Grant`, collected in memory from
 threads of this process, each on its own :class:`Session` (a separate client to etcd), and the
 checker judges them after each fault: no overlap of used spans (no double grant), tokens
 increase, no write after a lost notice, FIFO within a lane, bypass <= K. A *write* is a check
@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from fairlock.bench import checker
-from fairlock.bench.checker import Grant
+from fairlock.testing import checker
+from fairlock.testing.checker import Grant
 from fairlock.etcd import (
     EtcdError,
     EtcdLock,

@@ -1,10 +1,10 @@
-"""Issue 6: latency, loss, resets and a partition between clients and etcd (fairlock._faultproxy).
+"""Issue 6: latency, loss, resets and a partition between clients and etcd (fairlock.testing.faultproxy).
 
 Each client is a separate "process" to etcd (its own transport, session and lock) driven by one
 thread that loops acquire / hold / release in one of two lanes (K = 4). A holder acts on the
 protected resource only after ``is_held()`` said yes, and records each such write; it records
 when it was told its lock was lost (the ``on_lost`` callback, ``is_held()`` turning False, or a
-release that says so). The fencing checker (``fairlock.bench.checker``) then judges every run:
+release that says so). The fencing checker (``fairlock.testing.checker``) then judges every run:
 no overlap of the spans in which tokens were used, tokens increasing, FIFO within a lane by
 etcd's own order (the ticket: the revision that queued the request, read from etcd's history
 after the run -- a client whose answer was lost may never learn it), nobody overtaken more than
@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from fairlock.bench import checker
+from fairlock.testing import checker
 from fairlock.errors import FairlockError
 from fairlock.etcd import EtcdLock, LockLost, Session, SessionLost
 from fairlock.etcd.gateway import GatewayTransport

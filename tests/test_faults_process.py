@@ -1,4 +1,4 @@
-"""Client-process faults against a real etcd on loopback (``fairlock.bench.faults``).
+"""Client-process faults against a real etcd on loopback (``benchmarks.faults``).
 
 Worker processes (one lease each) loop on one lock and log every critical section; the parent
 SIGKILLs or SIGSTOPs them exactly while they hold or wait (they say so on stdout; etcd's state is
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from fairlock.bench import faults
+from benchmarks import faults
 from fairlock.etcd import EtcdLock, LockLost, Session, SessionLost
 from fairlock.testing import EtcdServer
 

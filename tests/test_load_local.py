@@ -26,13 +26,13 @@ import pytest
 
 import fairlock
 import fairlock.local
-from fairlock.bench._load_handoff import (
+from benchmarks._load_handoff import (
     FairlockSubject,
     handoff_chain,
     inversions,
     median_handoff_us,
 )
-from fairlock.bench._load_memory import Churner, measure_once
+from benchmarks._load_memory import Churner, measure_once
 from fairlock.registry import default_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,7 +196,7 @@ def test_bench_load_quick_smoke(tmp_path: Path) -> None:
 # the pytest process's large heap does not slow the traced churn down); the two run side by side.
 CHURN_CHILD = """
 import json, sys
-from fairlock.bench._load_memory import measure_churner
+from benchmarks._load_memory import measure_churner
 json.dump(measure_churner(sys.argv[1], int(sys.argv[2]), [("one", sys.argv[3] == "traced")]), sys.stdout)
 """
 

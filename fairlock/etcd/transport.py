@@ -3,7 +3,7 @@
 The lock algorithm (``fairlock.etcd.lock``) speaks only this interface; adapters translate it to
 a real client (``etcd3gw`` over etcd's HTTP gateway: ``fairlock.etcd.gateway``; the gRPC
 ``etcd3`` API: ``fairlock.etcd.grpc``) or to the in-memory model used by property tests
-(``fairlock.etcd.model``). Adapters only transport: they make no locking decision.
+(``fairlock.testing.etcd_model``). Adapters only transport: they make no locking decision.
 
 Keys and values are ``bytes``. Revisions are etcd's: every write transaction gets the next
 revision; a key's ``create_revision`` is fixed for its life, ``mod_revision`` is its last write.

@@ -1,6 +1,6 @@
 """The fault suite's engine: worker processes on one lock, etcd as the parent sees it, the verdict.
 
-:class:`Run` starts ``fairlock.bench._fault_worker`` processes (the spec as JSON on stdin, commands
+:class:`Run` starts ``benchmarks._fault_worker`` processes (the spec as JSON on stdin, commands
 after it), reads what they say on stdout in one thread per worker (grants, ``holding``, ``lost``,
 ``stopped``...), signals them (SIGKILL, SIGSTOP, SIGCONT: each stamped on the shared monotonic
 clock just before it is sent), polls etcd's state (the lock's keys, the leases alive), and at the
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checker
+from fairlock.testing import checker
 from ._etcd_runs import _env
 from ._etcd_worker import lease_ids
 
@@ -64,7 +64,7 @@ class Child:
         self.err = self.log.with_suffix(".err")
         self._err = open(self.err, "wb")
         self.proc = subprocess.Popen(
-            [run.python, "-m", "fairlock.bench._fault_worker"], stdin=subprocess.PIPE,
+            [run.python, "-m", "benchmarks._fault_worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._err, text=True, env=_env(), bufsize=1)
         self.lines: list[list[str]] = []
         self.leases: list[int] = []

@@ -1,4 +1,4 @@
-"""One case of the etcd benchmark, in a child process: ``python -m fairlock.bench._etcd_worker``.
+"""One case of the etcd benchmark, in a child process: ``python -m benchmarks._etcd_worker``.
 
 The spec arrives as JSON on stdin; the result leaves as one JSON object on stdout. Cases:
 

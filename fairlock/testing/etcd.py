@@ -55,7 +55,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._faultproxy import FaultProxy, FaultStats  # noqa: F401 - re-exported for users' tests
 
 __all__ = [
     "EtcdNotFound",

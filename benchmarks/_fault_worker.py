@@ -1,4 +1,4 @@
-"""One worker process of the fault-injection suite: ``python -m fairlock.bench._fault_worker``.
+"""One worker process of the fault-injection suite: ``python -m benchmarks._fault_worker``.
 
 The spec arrives as one JSON line on stdin (see :data:`DEFAULTS`); further stdin lines are
 commands. The worker opens one :class:`~fairlock.etcd.Session` (one lease for the whole process)
@@ -11,7 +11,7 @@ guarantee.) A process killed or paused past its lease takes every key of all its
 
 A loop thread: pick a lane; ask with a long timeout, a short random one (a cancel when it
 expires) or not at all (a non-blocking try); in the critical section make ``writes`` writes over
-a random hold; release; append one :class:`~fairlock.bench.checker.Grant` line to this worker's
+a random hold; release; append one :class:`~fairlock.testing.checker.Grant` line to this worker's
 append-only log (flushed per line, outside the lock it judges).
 
 A *write* stamps ``time.monotonic_ns()`` (one clock for every process of the host) and then asks
@@ -59,7 +59,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fairlock.bench import checker
+from fairlock.testing import checker
 from fairlock.etcd import EtcdLock, LockLost, Session, SessionLost
 from fairlock.etcd.gateway import GatewayTransport
 from fairlock.etcd.transport import (

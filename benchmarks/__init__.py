@@ -1,5 +1,8 @@
 """Benchmarks behind ``python -m fairlock bench <backend>``: one module per backend.
 
+They live in a source checkout, not in the installed package: run them from the checkout's root
+(``python -m fairlock bench local``, or ``python -m benchmarks local``).
+
 ``local`` measures the in-process lock; a backend module provides ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``, and is added to ``_BACKENDS``.
 """

@@ -1,4 +1,4 @@
-"""The fault scenarios and the soak (see ``fairlock.bench.faults`` for what each one shows)."""
+"""The fault scenarios and the soak (see ``benchmarks.faults`` for what each one shows)."""
 
 from __future__ import annotations
 
@@ -306,7 +306,7 @@ def soak(endpoint: str, seconds: float, *, server: Any = None, processes: int = 
 
     ``server``: the :class:`~fairlock.testing.EtcdServer` behind ``endpoint``, for the
     restart-etcd kind (left out without it). ``shared_lock``: the threads of a worker share one
-    two-level lock (judged for safety only, see ``fairlock.bench._fault_worker``).
+    two-level lock (judged for safety only, see ``benchmarks._fault_worker``).
     """
     chosen = [k for k in (kinds or FAULT_KINDS) if k != "restart-etcd" or server is not None]
     rng = random.Random(seed)

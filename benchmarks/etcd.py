@@ -22,7 +22,7 @@ algorithms; timings on a noisy 2-core machine are not: read the ratios.
 
 ``--soak SECONDS`` (or ``--grants N``) runs the fencing checker instead: ``--processes`` worker
 processes with ``--sessions`` sessions each append a record per critical section (2 lanes,
-random holds) to per-worker logs; ``fairlock.bench.checker`` then judges mutual exclusion,
+random holds) to per-worker logs; ``fairlock.testing.checker`` then judges mutual exclusion,
 token order, FIFO within a lane and bypass <= K. Exit status 1 on any violation.
 """
 

@@ -1,9 +1,9 @@
 """Fault injection against a real etcd: ``python -m fairlock bench faults``.
 
-Worker processes (``fairlock.bench._fault_worker``, one lease each, one lock per thread) loop on
+Worker processes (``benchmarks._fault_worker``, one lease each, one lock per thread) loop on
 one lock name and append a grant record per critical section to their own append-only logs; this
 module starts them, injects faults, and judges the run afterwards with the fencing checker
-(``fairlock.bench.checker``): no two sections overlap in the span each used its token, tokens
+(``fairlock.testing.checker``): no two sections overlap in the span each used its token, tokens
 strictly increase in grant order, a holder told of a loss writes nothing after being told, FIFO
 within a lane (by etcd's ticket order) and bypass <= K. After every worker has stopped it counts
 the keys left under the run's prefix (first while the workers' sessions are still open: a key
@@ -43,7 +43,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from . import checker
+from fairlock.testing import checker
 from ._fault_run import LANES, FaultError, Outcome, Run, judge
 from ._fault_scenarios import (
     FAULT_KINDS,

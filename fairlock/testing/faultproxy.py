@@ -59,7 +59,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ArgumentTypeError, InvalidArgumentError
+from ..errors import ArgumentTypeError, InvalidArgumentError
 
 __all__ = ["FaultProxy", "FaultStats", "DIRECTIONS"]
 

@@ -1,6 +1,6 @@
 """Running the etcd benchmark's cases in child processes and turning their results into figures.
 
-Each case runs in fresh children (``fairlock.bench._etcd_worker``) under the interpreter that has
+Each case runs in fresh children (``benchmarks._etcd_worker``) under the interpreter that has
 the variant's client library; the figures here come from the children's records and from etcd's
 own counters read around each measured stretch.
 """
@@ -19,9 +19,9 @@ from typing import Any
 
 import fairlock
 
-from . import checker
+from fairlock.testing import checker
 from ._etcd_worker import lease_ids, snapshot
-from ._report import median
+from ._report import child_env, median
 
 __all__ = ["Target", "probe", "uncontended", "contended", "fencing_run"]
 
@@ -44,17 +44,11 @@ class Target:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Every child, under whichever interpreter, imports this very fairlock.
-    source = os.path.dirname(os.path.dirname(os.path.abspath(fairlock.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
-    # The clients' own deprecation notices (etcd3gw imports eventlet) are not results.
-    env["PYTHONWARNINGS"] = "ignore"
-    return env
+    return child_env("ignore")
 
 
 def _spawn(python: str, spec: dict[str, Any]) -> subprocess.Popen[str]:
-    child = subprocess.Popen([python, "-m", "fairlock.bench._etcd_worker"], stdin=subprocess.PIPE,
+    child = subprocess.Popen([python, "-m", "benchmarks._etcd_worker"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env=_env())
     assert child.stdin is not None
     child.stdin.write(json.dumps(spec) + "\n")

@@ -15,7 +15,26 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 
-__all__ = ["Table", "median", "machine", "fmt", "progress"]
+__all__ = ["Table", "median", "machine", "fmt", "progress", "child_env"]
+
+
+def child_env(warnings: str) -> dict[str, str]:
+    """The environment of a benchmark's child process, under whichever interpreter runs it.
+
+    The child imports this very fairlock and these very benchmarks (the checkout they came from
+    goes first on ``PYTHONPATH``, installed or not); ``warnings`` becomes its ``PYTHONWARNINGS``
+    (the clients' own deprecation notices, e.g. etcd3gw importing eventlet, are not results).
+    """
+    import fairlock
+
+    env = dict(os.environ)
+    roots = {
+        os.path.dirname(os.path.dirname(os.path.abspath(fairlock.__file__))),
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*sorted(roots), env.get("PYTHONPATH")]))
+    env["PYTHONWARNINGS"] = warnings
+    return env
 
 
 def median(values: Iterable[float]) -> float:

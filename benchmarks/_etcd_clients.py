@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = ["VARIANTS", "make_client"]
 
-#: Adapter name -> what it is (the row labels live in fairlock.bench.etcd).
+#: Adapter name -> what it is (the row labels live in benchmarks.etcd).
 VARIANTS = ("fairlock", "tooz", "tooz-fairlock", "etcd3", "v3lock", "broken")
 
 #: The anchors' lease TTL (tooz's default lock_timeout; python-etcd3's default is 60).

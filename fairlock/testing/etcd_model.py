@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ArgumentTypeError, InvalidArgumentError
-from ._endpoints import QueuedWatch
-from .transport import (
+from ..etcd._endpoints import QueuedWatch
+from ..etcd.transport import (
     Compare,
     Delete,
     EtcdError,

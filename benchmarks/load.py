@@ -36,7 +36,7 @@ from ._load_memory import CHURNERS, PATTERNS
 from ._load_tables import render
 from ._local_cases import lockutils_or_none, optional_module
 from ._args import at_least, chosen_modes, json_file
-from ._report import machine, progress
+from ._report import child_env, machine, progress
 
 __all__ = ["FULL_NAMES", "FULL_WAITERS", "HELP", "QUICK_NAMES", "QUICK_WAITERS", "add_arguments", "run"]
 
@@ -59,17 +59,12 @@ _EVENTLET_CHILD = (
 )
 # The memory child: nothing but the churn module before the baseline (no command line parser).
 _MEMORY_CHILD = (
-    "import sys; from fairlock.bench._load_memory import child_main; sys.exit(child_main(sys.argv[1:]))"
+    "import sys; from benchmarks._load_memory import child_main; sys.exit(child_main(sys.argv[1:]))"
 )
 
 
 def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # The child must import this very fairlock, installed or not.
-    source = os.path.dirname(os.path.dirname(os.path.abspath(fairlock.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
-    env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    return env
+    return child_env("ignore::DeprecationWarning")
 
 
 def _run_child(command: list[str], what: str) -> Any:
@@ -123,7 +118,7 @@ def _churners() -> tuple[list[str], dict[str, str]]:
 
 def measure_memory(names: int, reps: int) -> dict[str, Any]:
     """Every churner and pattern, untraced and traced: one fresh interpreter per churner and
-    repetition, one forked copy of it per run (see fairlock.bench._load_memory)."""
+    repetition, one forked copy of it per run (see benchmarks._load_memory)."""
     keys, skipped = _churners()
     jobs = ",".join(f"{pattern}:{kind}" for kind in ("untraced", "traced") for pattern in PATTERNS)
     runs: dict[str, list[dict[str, Any]]] = {}
