@@ -162,6 +162,7 @@ class Lock:
         "_slow_hold",
         "_slow_wait",
         "_held_since",
+        "_held_lane",
         "_log",
         "_on_queued",
         "__weakref__",
@@ -219,6 +220,7 @@ class Lock:
         self._slow_hold = _check_threshold("slow_hold", slow_hold)
         self._slow_wait = _check_threshold("slow_wait", slow_wait)
         self._held_since = 0.0
+        self._held_lane: str | None = None  # the lane= of a fast-path grant (slow_hold only)
         self._log = logger or LOG
         # True when release needs no bookkeeping beyond the handoff (the common, fast case).
         self._plain = not reentrant and self._slow_hold is None
@@ -238,6 +240,7 @@ class Lock:
             self._fast_grants += 1
             if self._slow_hold is not None:
                 self._held_since = self._clock()
+                self._held_lane = lane
             return True
         return self._acquire_contended(bool(blocking), timeout, lane)
 
@@ -247,6 +250,7 @@ class Lock:
             self._fast_grants += 1
             if self._slow_hold is not None:
                 self._held_since = self._clock()
+                self._held_lane = None
         else:
             self._acquire_contended(True, None, None)
         return self
@@ -272,6 +276,7 @@ class Lock:
                 self._fast_grants += 1
                 if self._slow_hold is not None:
                     self._held_since = self._clock()
+                    self._held_lane = lane
                 return True
             if self._owner_ticket is None:
                 # The owner came in by the fast path; tell the core, so it queues us behind it.
@@ -366,9 +371,15 @@ class Lock:
         if self._slow_hold is not None:
             held = self._clock() - held_since
             if held > self._slow_hold:
+                # The lane it queued in, or a fast-path owner's lane=, or else its context's lane
+                # (what it would have queued in).
+                lane = self._held_lane if self._held_lane is not None else resolve_lane(self.lanes, None)
+                holder = thread_name(me)
                 self._log.warning(
-                    'Lock "%s" was held for %.3fs by %s (slow_hold threshold %.3fs)',
-                    self.name, held, thread_name(me), self._slow_hold,
+                    'Lock "%s" was held for %.3fs by %s in lane %s (slow_hold threshold %.3fs)',
+                    self.name, held, holder, lane, self._slow_hold,
+                    extra={"fairlock_lock": self.name, "fairlock_lane": lane, "fairlock_holder": holder,
+                           "fairlock_seconds": held, "fairlock_event": "slow_hold"},
                 )
 
     def _hand_to(self, ticket: int | None) -> None:
@@ -391,6 +402,7 @@ class Lock:
             counters.wait_max = waited
         if self._slow_hold is not None:
             self._held_since = now
+            self._held_lane = self.lanes.names[waiter.rank]
         waiter.parker.release()
 
     # -- queries ---------------------------------------------------------------------------------
@@ -433,13 +445,22 @@ class Lock:
 
     def _warn_slow_wait(self, ticket: int) -> None:
         with self._mutex:
-            owner, since, ahead = self._owner, self._held_since, (
-                self._queue.ahead_of(ticket) if ticket in self._queue else 0
-            )
+            queued = ticket in self._queue
+            owner, since, ahead = self._owner, self._held_since, self._queue.ahead_of(ticket) if queued else 0
+            lane = self._queue.lane_of(ticket) if queued else None
+            # Known when hold times are tracked (the core registers a fast-path owner in the
+            # default lane, which need not be the lane it asked for).
+            owner_lane = self._held_lane if self._slow_hold is not None else None
+        if lane is None:
+            return  # granted (or gone) while the warning was being decided: it did not wait longer
         held = f" for {self._clock() - since:.3f}s" if self._slow_hold is not None else ""
+        in_lane = f" in lane {owner_lane}" if owner_lane is not None else ""
+        waiter, holder = thread_name(_threading.get_ident()), thread_name(owner)
         self._log.warning(
-            'Lock "%s" waited on for more than %.3fs by %s; held by %s%s, %d waiter(s) ahead',
-            self.name, self._slow_wait, thread_name(_threading.get_ident()), thread_name(owner), held, ahead,
+            'Lock "%s" waited on for more than %.3fs by %s in lane %s; held by %s%s%s, %d waiter(s) ahead',
+            self.name, self._slow_wait, waiter, lane, holder, in_lane, held, ahead,
+            extra={"fairlock_lock": self.name, "fairlock_lane": lane, "fairlock_holder": holder,
+                   "fairlock_seconds": self._slow_wait, "fairlock_event": "slow_wait"},
         )
 
     def __repr__(self) -> str:

@@ -134,6 +134,23 @@ _fairlock_opts = [
         help="fairlock: how many times a waiter may be overtaken by later waiters of higher "
         "lanes before it is served ahead of them. 0 means strict FIFO whatever the lanes.",
     ),
+    cfg.FloatOpt(
+        "fairlock_slow_wait",
+        default=0.0,
+        min=0.0,
+        help="fairlock: seconds. A request for a lockutils lock still waiting after this long logs "
+        "one WARNING (logger oslo_concurrency.lockutils) with the lock name, the waiter and its "
+        "lane, the holder and how many wait ahead; logged while it still waits. 0 (the default) "
+        "disables it. Applies to locks created afterwards.",
+    ),
+    cfg.FloatOpt(
+        "fairlock_slow_hold",
+        default=0.0,
+        min=0.0,
+        help="fairlock: seconds. A lockutils lock held longer than this logs one WARNING "
+        "(logger oslo_concurrency.lockutils) at release with the lock name, the holder, its lane "
+        "and the seconds held. 0 (the default) disables it. Applies to locks created afterwards.",
+    ),
 ]
 
 # oslo's own Opt objects: registering equal-but-distinct copies would make oslo.config raise
@@ -158,8 +175,11 @@ def set_defaults(
     fairlock_lanes: Sequence[str] = _UNSET,
     fairlock_default_lane: str | None = _UNSET,
     fairlock_max_bypass: int = _UNSET,
+    fairlock_slow_wait: float = _UNSET,
+    fairlock_slow_hold: float = _UNSET,
 ) -> None:
-    """Set option defaults: ``lock_path`` as oslo does, plus fairlock's lane options.
+    """Set option defaults: ``lock_path`` as oslo does, plus fairlock's lane options and slow
+    wait/hold thresholds (seconds, 0 = off).
 
     Tests use it to point ``lock_path`` at a temporary directory. Locks created afterwards use the
     new lane options; a lock already in use keeps the lanes it was created with.
@@ -171,9 +191,14 @@ def set_defaults(
             ("fairlock_lanes", fairlock_lanes),
             ("fairlock_default_lane", fairlock_default_lane),
             ("fairlock_max_bypass", fairlock_max_bypass),
+            ("fairlock_slow_wait", fairlock_slow_wait),
+            ("fairlock_slow_hold", fairlock_slow_hold),
         )
         if value is not _UNSET
     }
+    for key in ("fairlock_slow_wait", "fairlock_slow_hold"):
+        if key in given:
+            _check_seconds(key, given[key])
     defaults = {opt.dest: opt.default for opt in _fairlock_opts}
     defaults.update((key, value) for key, value in given.items() if key in defaults)
     # Refuse a bad combination of defaults now, not at the first lock.
@@ -184,6 +209,13 @@ def set_defaults(
     # oslo.config caches option values and cfg.set_defaults does not clear that cache; a
     # (repeated, otherwise idempotent) registration does.
     _register_opts(CONF)
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgumentTypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise InvalidArgumentError(f"{name} must be >= 0 seconds (0 turns it off), got {value}")
 
 
 def get_lock_path(conf: cfg.ConfigOpts) -> str | None:
@@ -220,13 +252,22 @@ def _lock_options() -> dict[str, Any]:
     """Keyword arguments for a new lock, from the options in force now (cached per value)."""
     global _options_cache
     group = CONF.oslo_concurrency
-    key = (tuple(group.fairlock_lanes), group.fairlock_default_lane, group.fairlock_max_bypass)
+    key = (tuple(group.fairlock_lanes), group.fairlock_default_lane, group.fairlock_max_bypass,
+           group.fairlock_slow_wait, group.fairlock_slow_hold)
     cached = _options_cache
     if cached is not None and cached[0] == key:
         return cached[1]
-    lanes, max_bypass = _build_lanes(*key)
-    options = {"lanes": lanes, "max_bypass": max_bypass, "reentrant": False}
+    lanes, max_bypass = _build_lanes(*key[:3])
+    options = {"lanes": lanes, "max_bypass": max_bypass, "reentrant": False, **_slow_options(*key[3:])}
     _options_cache = (key, options)
+    return options
+
+
+def _slow_options(slow_wait: float | None, slow_hold: float | None) -> dict[str, Any]:
+    """Lock keyword arguments for the slow wait/hold thresholds (0 or None: off, costs nothing)."""
+    options: dict[str, Any] = {"slow_wait": slow_wait or None, "slow_hold": slow_hold or None}
+    if slow_wait or slow_hold:
+        options["logger"] = LOG
     return options
 
 
@@ -286,7 +327,11 @@ class Semaphores:
         if found is not None:
             return found
         # Built outside the mutex: reading the options may raise (a bad config file value).
-        candidate = InternalLock(name, **(self._options or _lock_options()))
+        options = _lock_options()
+        if self._options is not None:
+            # The container's own lanes; the operator's slow wait/hold thresholds still apply.
+            options = {**options, **self._options}
+        candidate = InternalLock(name, **options)
         with self._mutex:
             found = self._locks.get(name)
             if found is None:

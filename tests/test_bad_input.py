@@ -774,6 +774,10 @@ case(G, SD, "fairlock_default_lane='nope'", lambda w: lockutils.set_defaults(fai
      InvalidArgumentError, "unknown lane 'nope'", subject=U)
 case(G, SD, "fairlock_max_bypass=-1", lambda w: lockutils.set_defaults(fairlock_max_bypass=-1),
      InvalidArgumentError, "max_bypass must be >= 0", subject=U)
+case(G, SD, "fairlock_slow_wait=-1", lambda w: lockutils.set_defaults(fairlock_slow_wait=-1),
+     InvalidArgumentError, "fairlock_slow_wait must be >= 0 seconds", subject=U)
+case(G, SD, "fairlock_slow_hold='5'", lambda w: lockutils.set_defaults(fairlock_slow_hold="5"),
+     ArgumentTypeError, "fairlock_slow_hold must be a number of seconds", subject=U)
 case(G, "lockutils.set_external_backend(backend)", "backend=object()",
      lambda w: lockutils.set_external_backend(object()), ArgumentTypeError,
      "needs lock() and remove() methods", subject=U)

@@ -769,6 +769,84 @@ def test_set_defaults_sets_lane_options(restore_defaults: None) -> None:
     assert internal.max_bypass == 2
 
 
+def slow_warnings(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records
+            if r.name == LOGGER and r.levelno == logging.WARNING and getattr(r, "fairlock_lock", None) == name]
+
+
+def test_slow_wait_and_hold_are_off_by_default(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    assert lockutils.CONF.oslo_concurrency.fairlock_slow_wait == 0
+    assert lockutils.CONF.oslo_concurrency.fairlock_slow_hold == 0
+    name = unique()
+    internal = lockutils.internal_lock(name)
+    # Off means the plain lock: no clock read on acquire, the unchecked release path.
+    assert internal._slow_wait is None and internal._slow_hold is None and internal._plain
+    with lockutils.lock(name):
+        pass
+    assert slow_warnings(caplog, name) == []
+
+
+def test_slow_wait_option_logs_one_warning_with_name_lane_holder_and_seconds(
+        conf: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    conf.config(fairlock_slow_wait=0.05, group="oslo_concurrency")
+    name = unique()
+    waiters = Waiters(name)
+    with lockutils.lock(name):
+        waiters.add_locker("slow-waiter", lane="migration")
+        wait_until(lambda: slow_warnings(caplog, name), "the slow wait is logged while it waits")
+    assert waiters.join() == ["slow-waiter"]
+    (record,) = slow_warnings(caplog, name)  # once, not once per check
+    message = record.getMessage()
+    assert f'Lock "{name}" waited on for more than 0.050s by slow-waiter' in message
+    assert "in lane migration" in message and f"held by {threading.current_thread().name}" in message
+    assert (record.fairlock_lane, record.fairlock_seconds, record.fairlock_event) == (  # type: ignore[attr-defined]
+        "migration", 0.05, "slow_wait")
+    assert threading.current_thread().name in record.fairlock_holder  # type: ignore[attr-defined]
+
+
+def test_slow_hold_option_logs_one_warning_at_release(conf: Any, caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    conf.config(fairlock_slow_hold=1.0, group="oslo_concurrency")
+    now = [100.0]
+    monkeypatch.setattr(lockutils.InternalLock, "__init__",
+                        _with_clock(lockutils.InternalLock.__init__, lambda: now[0]))
+    name = unique()
+    with lockutils.lock(name):
+        now[0] += 0.5  # under the threshold
+    assert slow_warnings(caplog, name) == []
+    with fairlock.lane("events"):
+        with lockutils.lock(name):
+            now[0] += 2.25
+    (record,) = slow_warnings(caplog, name)
+    assert record.getMessage() == (
+        f'Lock "{name}" was held for 2.250s by {record.fairlock_holder} in lane events '  # type: ignore[attr-defined]
+        "(slow_hold threshold 1.000s)")
+    assert threading.current_thread().name in record.fairlock_holder  # type: ignore[attr-defined]
+    assert (record.fairlock_lane, record.fairlock_seconds) == ("events", 2.25)  # type: ignore[attr-defined]
+
+
+def _with_clock(init: Callable[..., None], clock: Callable[[], float]) -> Callable[..., None]:
+    def patched(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **{**kwargs, "clock": clock})
+    return patched
+
+
+def test_slow_thresholds_apply_to_containers_with_their_own_lanes(conf: Any) -> None:
+    conf.config(fairlock_slow_wait=2.0, fairlock_slow_hold=3.0, group="oslo_concurrency")
+    own = lockutils.Semaphores(lanes=("a", "b")).get(unique())
+    assert own.lanes.names == ("a", "b")
+    assert (own._slow_wait, own._slow_hold) == (2.0, 3.0)
+
+
+def test_set_defaults_sets_slow_thresholds(restore_defaults: None) -> None:
+    lockutils.set_defaults(fairlock_slow_wait=4, fairlock_slow_hold=0)
+    internal = lockutils.internal_lock(unique())
+    assert (internal._slow_wait, internal._slow_hold) == (4.0, None)
+
+
 def test_set_defaults_lock_path_as_oslo(restore_defaults: None, conf: Any) -> None:
     lockutils.set_defaults("/the/path")
     assert lockutils.get_lock_path(lockutils.CONF) == "/the/path"
@@ -792,6 +870,8 @@ def test_list_opts() -> None:
         "fairlock_default_lane",
         "fairlock_backend_url",
         "fairlock_max_bypass",
+        "fairlock_slow_wait",
+        "fairlock_slow_hold",
     ]
     assert next(opt for opt in opts if opt.name == "fairlock_backend_url").secret
     oslo_names = [opt.name for _, group_opts in oslo_lockutils_opts() for opt in group_opts]
