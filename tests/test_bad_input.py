@@ -1255,6 +1255,7 @@ def test_longest_etcd_name_hands_over_among_many_waiters(etcd_server: Any, etcd_
             session.transport.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_failed_session_from_a_url_closes_its_transport() -> None:
     before = {t.ident for t in threading.enumerate()}

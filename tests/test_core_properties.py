@@ -254,6 +254,7 @@ def test_k_zero_is_fifo_whatever_the_lanes(schedule: list[tuple[str, int]]) -> N
 # -- teeth: strict priority must fail these properties -----------------------------------------
 
 
+@pytest.mark.slow
 def test_strict_priority_starves_and_hypothesis_finds_it() -> None:
     """With K = infinity a low-lane waiter can be overtaken without bound; hypothesis finds it."""
     promise = 4
@@ -275,6 +276,7 @@ class StrictPriorityMachine(CoreMachine):
     promised_max_bypass = 4
 
 
+@pytest.mark.slow
 def test_state_machine_catches_strict_priority() -> None:
     with pytest.raises(AssertionError, match="overtaken|grants, bound"):
         run_state_machine_as_test(

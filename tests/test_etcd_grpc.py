@@ -215,6 +215,7 @@ def hung_endpoint() -> Iterator[str]:
     sock.close()
 
 
+@pytest.mark.slow
 def test_all_endpoints_down_raises_unavailable_within_the_timeout(hung_endpoint: str) -> None:
     refused = f"http://127.0.0.1:{free_port()}"
     t = GrpcTransport([refused, hung_endpoint], timeout=1.5)
@@ -247,6 +248,7 @@ def test_a_write_fails_over_from_a_member_it_never_reached(etcd_server: EtcdServ
         t.close()
 
 
+@pytest.mark.slow
 def test_cluster_member_stops_and_hangs(etcd_cluster: Any, etcd_prefix: bytes) -> None:
     p = etcd_prefix
     t = GrpcTransport(etcd_cluster.endpoints, timeout=6, request_timeout=1)

@@ -231,6 +231,7 @@ def test_holder_told_when_session_lost_and_next_waiter_proceeds(sessions: Sessio
         holder.acquire()
 
 
+@pytest.mark.slow
 def test_holder_past_its_validity_deadline_is_told_before_etcd_expires_the_lease(sessions: Sessions) -> None:
     """A paused process wakes after its lease may have expired: the first is_held() says so, with
     no I/O, the notice runs once, and the session revokes its lease so the next waiter proceeds."""
@@ -368,6 +369,7 @@ HOLDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_crashed_holder_is_freed_within_ttl(sessions: Sessions, etcd_server: Any) -> None:
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, etcd_server.endpoint, sessions.prefix],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)

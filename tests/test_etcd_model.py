@@ -263,6 +263,7 @@ SETTINGS = settings(
 )
 
 
+@pytest.mark.slow
 def test_etcd_lock_schedules() -> None:
     run_state_machine_as_test(EtcdLockMachine, settings=SETTINGS)
 

@@ -179,6 +179,7 @@ def test_keepalive_of_revoked_lease_raises(transport: Transport) -> None:
         transport.lease_keepalive(lease)
 
 
+@pytest.mark.slow
 def test_lease_expiry_deletes_keys(transport: Transport, p: bytes) -> None:
     lease, ttl = transport.lease_grant(2)
     assert ttl == 2
@@ -398,6 +399,7 @@ def hung_endpoint() -> Iterator[str]:
     sock.close()
 
 
+@pytest.mark.slow
 def test_all_endpoints_down_raises_unavailable_within_the_timeout(hung_endpoint: str) -> None:
     refused = f"http://127.0.0.1:{free_port()}"
     t = GatewayTransport([refused, hung_endpoint], timeout=1.5)
@@ -570,6 +572,7 @@ def test_username_and_password(etcd_auth_server: EtcdServer, etcd_prefix: bytes,
     assert "/v3/auth/authenticate" in caplog.text  # the log was really captured
 
 
+@pytest.mark.slow
 def test_enable_auth_on_a_fresh_server(etcd_binary: str) -> None:
     with EtcdServer(binary=etcd_binary, name="auth-own") as server:
         creds = enable_auth(server, username="nova", password="pw", key=b"/nova/",
@@ -590,6 +593,7 @@ def test_enable_auth_on_a_fresh_server(etcd_binary: str) -> None:
             t.close()
 
 
+@pytest.mark.slow
 def test_server_stop_kill_pause_leave_nothing_behind(etcd_binary: str) -> None:
     import os
 
