@@ -11,8 +11,8 @@ changing one URL::
 ``fairlock+etcd3+https``) and ``get_lock(name)`` a :class:`FairlockToozLock` with tooz's
 contract. Fairness, in one sentence: the next owner is the oldest waiter of the
 highest-priority non-empty lane, except that a waiter already overtaken ``max_bypass`` (K)
-times is served before anyone who arrived after it -- across every process and host that uses
-the same etcd and prefix.
+times is served before anyone who arrived after it. This holds across every process and host
+that uses the same etcd and prefix.
 
 This module only translates. Who gets a lock next is decided by :class:`fairlock.etcd.EtcdLock`
 (which asks ``fairlock._core``); this module maps tooz's calls, arguments, return values and

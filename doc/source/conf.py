@@ -5,6 +5,11 @@ import sys
 
 sys.path.insert(0, os.path.abspath("../.."))
 
+from fairlock import GRANT_RULE  # noqa: E402 - after the path is set
+
+# The fairness sentence has one source, fairlock._core.GRANT_RULE; every page says |grant_rule|.
+rst_prolog = ".. |grant_rule| replace:: %s\n" % GRANT_RULE.replace("max_bypass", "``max_bypass``")
+
 project = "fairlock"
 author = "fairlock developers"
 copyright = "2026, fairlock developers"
