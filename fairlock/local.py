@@ -29,7 +29,7 @@ from ._core import DEFAULT_MAX_BYPASS, FairQueue, Lanes
 import threading as _threading
 
 from ._primitives import new_parker, thread_name
-from .context import resolve_lane
+from .context import current_lane, resolve_lane
 from .errors import (
     AcquireTimeout,
     ArgumentTypeError,
@@ -38,7 +38,7 @@ from .errors import (
     NotHeldError,
     NotOwnerError,
 )
-from .stats import LaneStatistics, LockStatistics
+from .stats import LaneCounters, LockStatistics, snapshot_lanes
 
 __all__ = ["Lock", "check_timeout", "check_name"]
 
@@ -103,17 +103,6 @@ class _Waiter:
         self.since = since
 
 
-class _LaneCounters:
-    __slots__ = ("queued_grants", "timeouts", "cancels", "wait_total", "wait_max")
-
-    def __init__(self) -> None:
-        self.queued_grants = 0
-        self.timeouts = 0
-        self.cancels = 0
-        self.wait_total = 0.0
-        self.wait_max = 0.0
-
-
 class Lock:
     """A fair, non-reentrant lock for threads and eventlet green threads.
 
@@ -161,6 +150,8 @@ class Lock:
         "_clock",
         "_slow_hold",
         "_slow_wait",
+        "_timed",
+        "_lane_typos",
         "_held_since",
         "_held_lane",
         "_log",
@@ -178,6 +169,7 @@ class Lock:
         reentrant: bool = False,
         slow_hold: float | None = None,
         slow_wait: float | None = None,
+        record_holds: bool = False,
         clock: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
         on_queued: Callable[[str], object] | None = None,
@@ -192,6 +184,8 @@ class Lock:
             lanes = Lanes(lanes if lanes is not None else _DEFAULT_LANES.names, default_lane)
         if not isinstance(reentrant, bool):
             raise ArgumentTypeError("reentrant must be a bool")
+        if not isinstance(record_holds, bool):
+            raise ArgumentTypeError("record_holds must be a bool")
         if not callable(clock):
             raise ArgumentTypeError("clock must be callable")
         if on_queued is not None and not callable(on_queued):
@@ -215,15 +209,18 @@ class Lock:
         self._waiters: dict[int, _Waiter] = {}
         self._fast_grants = 0
         self._handoffs = 0
-        self._lane_counters = [_LaneCounters() for _ in lanes.names]
+        self._lane_counters = [LaneCounters() for _ in lanes.names]
+        self._lane_typos = 0
         self._clock = clock
         self._slow_hold = _check_threshold("slow_hold", slow_hold)
         self._slow_wait = _check_threshold("slow_wait", slow_wait)
+        # Hold times cost a clock read per acquire and release: only when asked for.
+        self._timed = self._slow_hold is not None or record_holds
         self._held_since = 0.0
         self._held_lane: str | None = None  # the lane= of a fast-path grant (slow_hold only)
         self._log = logger or LOG
         # True when release needs no bookkeeping beyond the handoff (the common, fast case).
-        self._plain = not reentrant and self._slow_hold is None
+        self._plain = not reentrant and not self._timed
 
     # -- acquire ---------------------------------------------------------------------------------
 
@@ -238,7 +235,7 @@ class Lock:
         if self._held_acquire(False):
             self._owner = _threading.get_ident()
             self._fast_grants += 1
-            if self._slow_hold is not None:
+            if self._timed:
                 self._held_since = self._clock()
                 self._held_lane = lane
             return True
@@ -248,7 +245,7 @@ class Lock:
         if self._held_acquire(False):
             self._owner = _threading.get_ident()
             self._fast_grants += 1
-            if self._slow_hold is not None:
+            if self._timed:
                 self._held_since = self._clock()
                 self._held_lane = None
         else:
@@ -266,15 +263,19 @@ class Lock:
             raise DeadlockError(f"{self!r}: the owner tried to acquire it again (not reentrant)")
         if not blocking:
             return False
-        # A context lane this lock does not know is a hint for other locks: use the default.
+        # A context lane this lock does not know is a hint for other locks: use the default
+        # (counted as a lane typo: with lockutils every lock has the same lanes).
+        typo = lane is None and not self.lanes.knows(current_lane() or self.lanes.default)
         lane = resolve_lane(self.lanes, lane)
         parker = new_parker()
         with self._mutex:
+            if typo:
+                self._lane_typos += 1
             if self._held_acquire(False):
                 # Freed since the fast path failed; free implies an empty queue (core rule 2).
                 self._owner = me
                 self._fast_grants += 1
-                if self._slow_hold is not None:
+                if self._timed:
                     self._held_since = self._clock()
                     self._held_lane = lane
                 return True
@@ -361,26 +362,28 @@ class Lock:
         if self._depth:
             self._depth -= 1
             return
-        held_since = self._held_since
+        held_since, timed = self._held_since, self._timed
+        if timed:
+            # The lane it queued in, or a fast-path owner's lane=, or else its context's lane
+            # (what it would have queued in).
+            lane = self._held_lane if self._held_lane is not None else resolve_lane(self.lanes, None)
+            held = self._clock() - held_since
         with self._mutex:
+            if timed:
+                self._lane_counters[self.lanes.rank(lane)].held_for(held)
             if self._owner_ticket is None:
                 self._owner = None
                 self._held_release()
             else:
                 self._hand_to(self._queue.release(self._owner_ticket))
-        if self._slow_hold is not None:
-            held = self._clock() - held_since
-            if held > self._slow_hold:
-                # The lane it queued in, or a fast-path owner's lane=, or else its context's lane
-                # (what it would have queued in).
-                lane = self._held_lane if self._held_lane is not None else resolve_lane(self.lanes, None)
-                holder = thread_name(me)
-                self._log.warning(
-                    'Lock "%s" was held for %.3fs by %s in lane %s (slow_hold threshold %.3fs)',
-                    self.name, held, holder, lane, self._slow_hold,
-                    extra={"fairlock_lock": self.name, "fairlock_lane": lane, "fairlock_holder": holder,
-                           "fairlock_seconds": held, "fairlock_event": "slow_hold"},
-                )
+        if self._slow_hold is not None and held > self._slow_hold:
+            holder = thread_name(me)
+            self._log.warning(
+                'Lock "%s" was held for %.3fs by %s in lane %s (slow_hold threshold %.3fs)',
+                self.name, held, holder, lane, self._slow_hold,
+                extra={"fairlock_lock": self.name, "fairlock_lane": lane, "fairlock_holder": holder,
+                       "fairlock_seconds": held, "fairlock_event": "slow_hold"},
+            )
 
     def _hand_to(self, ticket: int | None) -> None:
         """Make ``ticket`` the owner and wake only it, or free the lock. Caller holds _mutex."""
@@ -394,13 +397,8 @@ class Lock:
         self._owner = waiter.ident
         self._owner_ticket = ticket
         self._handoffs += 1
-        counters = self._lane_counters[waiter.rank]
-        waited = now - waiter.since
-        counters.queued_grants += 1
-        counters.wait_total += waited
-        if waited > counters.wait_max:
-            counters.wait_max = waited
-        if self._slow_hold is not None:
+        self._lane_counters[waiter.rank].granted_after(now - waiter.since)
+        if self._timed:
             self._held_since = now
             self._held_lane = self.lanes.names[waiter.rank]
         waiter.parker.release()
@@ -419,29 +417,32 @@ class Lock:
         return self._queue.max_bypass
 
     def statistics(self) -> LockStatistics:
+        """A consistent snapshot: holder, queue in grant order, grants, and per-lane figures."""
         with self._mutex:
-            waiting = self._queue.waiting()
-            lanes = {
-                name: LaneStatistics(
-                    waiting=waiting[name],
-                    queued_grants=c.queued_grants,
-                    timeouts=c.timeouts,
-                    cancels=c.cancels,
-                    wait_total=c.wait_total,
-                    wait_max=c.wait_max,
-                )
-                for name, c in zip(self.lanes.names, self._lane_counters)
-            }
+            lanes = snapshot_lanes(self.lanes.names, self._lane_counters, self._queue.waiting())
+            order = _grant_order(self._queue) if len(self._queue) else ()
+            queue = tuple((thread_name(self._waiters[t].ident), lane) for t, lane in order)
+            owner = self._owner
             return LockStatistics(
                 name=self.name,
-                owner=self._owner,
+                owner=owner,
                 owner_lane=self._queue.owner_lane if self._owner_ticket is not None else None,
                 grants=self._fast_grants + self._handoffs,
                 handoffs=self._handoffs,
                 max_overtaken=self._queue.max_overtaken,
                 max_bypass=self._queue.max_bypass,
-                lanes=MappingProxyType(lanes),
+                lanes=lanes,
+                holder=None if owner is None else thread_name(owner),
+                lane_typos=self._lane_typos,
+                queue=queue,
             )
+
+    def _counts(self) -> tuple[int, int, int, tuple[str, ...], list[LaneCounters]]:
+        """(grants, handoffs, lane typos, lane names, a copy of the lane counters), for a name's
+        history (fairlock.history)."""
+        with self._mutex:
+            return (self._fast_grants + self._handoffs, self._handoffs, self._lane_typos, self.lanes.names,
+                    [c.copy() for c in self._lane_counters])
 
     def _warn_slow_wait(self, ticket: int) -> None:
         with self._mutex:
@@ -450,10 +451,10 @@ class Lock:
             lane = self._queue.lane_of(ticket) if queued else None
             # Known when hold times are tracked (the core registers a fast-path owner in the
             # default lane, which need not be the lane it asked for).
-            owner_lane = self._held_lane if self._slow_hold is not None else None
+            owner_lane = self._held_lane if self._timed else None
         if lane is None:
             return  # granted (or gone) while the warning was being decided: it did not wait longer
-        held = f" for {self._clock() - since:.3f}s" if self._slow_hold is not None else ""
+        held = f" for {self._clock() - since:.3f}s" if self._timed else ""
         in_lane = f" in lane {owner_lane}" if owner_lane is not None else ""
         waiter, holder = thread_name(_threading.get_ident()), thread_name(owner)
         self._log.warning(
@@ -469,6 +470,18 @@ class Lock:
             "held" if self._held.locked() else "free"
         )
         return f"<fairlock.Lock {self.name!r} {state}, {len(self._queue)} waiting>"
+
+
+def _grant_order(queue: FairQueue) -> list[tuple[int, str]]:
+    """The queued tickets and their lanes in the order the core would grant them if nobody else
+    arrived or left (worked out on a copy: the queue itself is not touched)."""
+    copy = FairQueue.restore(queue.snapshot())
+    order = []
+    while True:
+        ticket = copy.release() if copy.owner is not None else None
+        if ticket is None:
+            return order
+        order.append((ticket, copy.lane_of(ticket)))
 
 
 def acquire_or_raise(lock: Lock, blocking: bool, timeout: float | None, lane: str | None) -> None:

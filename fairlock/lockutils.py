@@ -56,7 +56,9 @@ from oslo_utils import reflection
 from ._core import DEFAULT_MAX_BYPASS, Lanes, check_max_bypass
 from .context import lane as _lane_context
 from .errors import ArgumentTypeError, FairlockError, InvalidArgumentError
+from .history import LOCKUTILS as _HISTORY
 from .local import Lock, check_name
+from .stats import LockStatistics, NameStatistics
 
 __all__ = [
     "CONF",
@@ -77,7 +79,9 @@ __all__ = [
     "internal_fair_lock",
     "internal_lock",
     "list_opts",
+    "live_locks",
     "lock",
+    "lock_statistics",
     "lock_with_prefix",
     "main",
     "remove_external_lock_file",
@@ -286,6 +290,20 @@ class InternalLock(Lock, threading.Semaphore):
 
     __slots__ = ()
 
+    def __del__(self) -> None:
+        # The name left its container: this lock's counts join the name's history (one tuple
+        # appended; see fairlock.history). Nobody else can touch the counters any more.
+        try:
+            _history_dropped(self.name, self._fast_grants + self._handoffs, self._handoffs, self._lane_typos,
+                             self.lanes.names, self._lane_counters)
+        except (AttributeError, TypeError):
+            pass  # a lock whose __init__ failed, or interpreter shutdown
+
+
+_history_dropped = _HISTORY.dropped
+# Every container, for live_locks() and lock_statistics(); weak, as the containers' locks.
+_containers: weakref.WeakSet[Semaphores] = weakref.WeakSet()
+
 
 class Semaphores:
     """A container of named internal locks, garbage collected when no longer used.
@@ -318,6 +336,7 @@ class Semaphores:
         self._locks: weakref.WeakValueDictionary[str, InternalLock] = weakref.WeakValueDictionary()
         # Guards dict lookups only; nothing that can block or yield runs under it.
         self._mutex = threading.Lock()
+        _containers.add(self)
 
     def get(self, name: str) -> InternalLock:
         """The lock called ``name``, created with the options in force on first use."""
@@ -342,6 +361,11 @@ class Semaphores:
         """How many locks exist at the moment."""
         return len(self._locks)
 
+    def live(self) -> list[InternalLock]:
+        """The locks alive now (held, waited for, or referenced by someone)."""
+        with self._mutex:
+            return list(self._locks.values())
+
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__name__} {len(self)} lock(s)>"
 
@@ -360,6 +384,41 @@ _fair_locks = _semaphores
 def internal_fair_lock(name: str) -> InternalLock:
     """The internal lock of ``name`` (the same one :func:`internal_lock` returns)."""
     return _semaphores.get(name)
+
+
+def _live_internal_locks() -> list[InternalLock]:
+    return [lock for container in list(_containers) for lock in container.live()]
+
+
+def live_locks() -> list[LockStatistics]:
+    """A snapshot of every internal lock alive now (in every :class:`Semaphores` container):
+    name, holder and its lane, the queue in grant order, and per-lane figures, busiest first.
+
+    A lock is alive while it is held, waited for, or referenced; a name nobody uses has none.
+    """
+    found = [lock.statistics() for lock in _live_internal_locks()]
+    found.sort(key=lambda s: (-s.waiting, s.owner is None, s.name or ""))
+    return found
+
+
+def lock_statistics(name: str | None = None) -> Any:
+    """Counts that outlive lock objects: grants, handoffs, lane typos, and per lane queued grants,
+    waits (total, max, histogram), timeouts, cancels, of every internal lock there ever was.
+
+    Counted per key (see :mod:`fairlock.history`): a name, or the name with each UUID replaced by
+    ``*`` (``refresh_cache-*``), or a pattern set with
+    ``fairlock.history.LOCKUTILS.set_patterns([...])``; bounded at ``max_keys`` keys.
+
+    Without ``name``: a dict of key -> :class:`fairlock.NameStatistics`. With ``name``: the
+    statistics of the key that ``name`` is counted under (all zero if it was never used).
+    """
+    table: dict[str, NameStatistics] = _HISTORY.statistics(_live_internal_locks())
+    if name is None:
+        return table
+    check_name(name, allow_none=False)
+    key = _HISTORY.key_of(name)
+    return table.get(key) or NameStatistics(key=key, kind=_HISTORY.kind, grants=0, handoffs=0, lane_typos=0,
+                                            locks=0, live=0)
 
 
 def _container_lock(name: str, semaphores: Semaphores | None) -> Lock:

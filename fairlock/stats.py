@@ -96,9 +96,10 @@ class LaneCounters:
         self.cancels = 0
         self.wait_total = 0.0
         self.wait_max = 0.0
-        self.wait_buckets = [0] * (len(BUCKETS) + 1)
+        # Made at the first wait or hold: most locks never see one, and are built per use.
+        self.wait_buckets: list[int] | None = None
         self.hold_total = 0.0
-        self.hold_buckets = [0] * (len(BUCKETS) + 1)
+        self.hold_buckets: list[int] | None = None
 
     def granted_after(self, waited: float) -> None:
         """A waiter of this lane was granted the lock after waiting ``waited`` seconds."""
@@ -106,12 +107,20 @@ class LaneCounters:
         self.wait_total += waited
         if waited > self.wait_max:
             self.wait_max = waited
+        if self.wait_buckets is None:
+            self.wait_buckets = [0] * (len(BUCKETS) + 1)
         self.wait_buckets[bisect_left(BUCKETS, waited)] += 1
 
     def held_for(self, held: float) -> None:
         """An owner of this lane held the lock ``held`` seconds."""
         self.hold_total += held
+        if self.hold_buckets is None:
+            self.hold_buckets = [0] * (len(BUCKETS) + 1)
         self.hold_buckets[bisect_left(BUCKETS, held)] += 1
+
+    def empty(self) -> bool:
+        """True if nothing was ever counted here."""
+        return not (self.queued_grants or self.timeouts or self.cancels or self.hold_buckets)
 
     def add(self, other: LaneCounters) -> None:
         """Fold ``other``'s counts into these."""
@@ -122,10 +131,14 @@ class LaneCounters:
         if other.wait_max > self.wait_max:
             self.wait_max = other.wait_max
         self.hold_total += other.hold_total
-        for i, n in enumerate(other.wait_buckets):
-            self.wait_buckets[i] += n
-        for i, n in enumerate(other.hold_buckets):
-            self.hold_buckets[i] += n
+        self.wait_buckets = _add_buckets(self.wait_buckets, other.wait_buckets)
+        self.hold_buckets = _add_buckets(self.hold_buckets, other.hold_buckets)
+
+    def copy(self) -> LaneCounters:
+        """An independent copy."""
+        copied = LaneCounters()
+        copied.add(self)
+        return copied
 
     def snapshot(self, waiting: int = 0) -> LaneStatistics:
         """A frozen copy, with ``waiting`` queued now."""
@@ -136,9 +149,23 @@ class LaneCounters:
             cancels=self.cancels,
             wait_total=self.wait_total,
             wait_max=self.wait_max,
-            wait_histogram=Histogram(tuple(self.wait_buckets), self.wait_total),
-            hold_histogram=Histogram(tuple(self.hold_buckets), self.hold_total),
+            wait_histogram=_histogram(self.wait_buckets, self.wait_total),
+            hold_histogram=_histogram(self.hold_buckets, self.hold_total),
         )
+
+
+def _add_buckets(mine: list[int] | None, theirs: list[int] | None) -> list[int] | None:
+    if theirs is None:
+        return mine
+    if mine is None:
+        return list(theirs)
+    for i, n in enumerate(theirs):
+        mine[i] += n
+    return mine
+
+
+def _histogram(buckets: list[int] | None, total: float) -> Histogram:
+    return EMPTY_HISTOGRAM if buckets is None else Histogram(tuple(buckets), total)
 
 
 class _PerLane:
@@ -194,8 +221,9 @@ class LockStatistics(_PerLane):
     #: Requests whose context lane (:func:`fairlock.lane`) this lock does not have, so they
     #: queued in the default lane: usually a typo. Counted when a request queues.
     lane_typos: int = 0
-    #: The queued waiters' thread names, in the order they will be granted as things stand.
-    queue: tuple[str, ...] = ()
+    #: The queued waiters as ``(thread name, lane)``, in the order the core would grant them if
+    #: nobody else arrived or left.
+    queue: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,25 @@ def test_statistics_have_the_local_locks_shape_with_int_counts(sessions: Session
     assert own.lanes["low"].queued_grants == 0 and own.lanes["low"].hold_histogram.count == 1
 
 
+def test_etcd_lock_counts_outlive_the_lock_object(sessions: Sessions) -> None:
+    import gc
+
+    from fairlock import history
+
+    name = f"history-{os.getpid()}-{time.monotonic_ns()}"
+    lock = EtcdLock(name, sessions.new())
+    for _ in range(2):
+        with lock:
+            pass
+    live = history.ETCD.statistics()[name]
+    assert (live.kind, live.grants, live.live) == ("etcd", 2, 1)
+    assert live.lanes["normal"].hold_histogram.count == 2
+    del lock
+    gc.collect()
+    gone = history.ETCD.statistics()[name]
+    assert (gone.grants, gone.live, gone.locks) == (2, 0, 1)
+
+
 def test_holder_told_when_session_lost_and_next_waiter_proceeds(sessions: Sessions) -> None:
     lost = []
     told = threading.Event()

@@ -51,7 +51,8 @@ from urllib.parse import quote, unquote
 import threading as _threading
 
 from .._core import DEFAULT_MAX_BYPASS, Lanes, WaiterState, check_max_bypass, plan_grant
-from ..context import resolve_lane
+from ..context import current_lane, resolve_lane
+from ..history import ETCD as _HISTORY
 from ..errors import ArgumentTypeError, InvalidArgumentError, NotHeldError, NotOwnerError
 from ..local import Lock, check_name, check_timeout
 from ..stats import LaneCounters, LaneStatistics, _PerLane, snapshot_lanes
@@ -177,6 +178,9 @@ class EtcdLockStatistics(_PerLane):
     watch_events: int
     lost: int
     lanes: Mapping[str, LaneStatistics] = field(default_factory=lambda: MappingProxyType({}))
+    #: Requests whose context lane (:func:`fairlock.lane`) this lock does not have, so they
+    #: queued in the default lane: usually a typo.
+    lane_typos: int = 0
 
     @property
     def grants(self) -> int:
@@ -245,7 +249,10 @@ class EtcdLock:
         self._sweeper: Any = None
         self._sweep_read = False
         self._dir = self._owner_key[: -len(b"owner")]  # the owner key and the waiter keys
+        self._lane_typos = [0]  # a list: fairlock.history reads it after this object is gone
         session.register(self)
+        stats, names, counters, typos = self._stats, self.lanes.names, self._lane_counters, self._lane_typos
+        _HISTORY.track(self, lambda: (stats["acquisitions"], stats["handoffs_made"], typos[0], names, counters))
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -270,6 +277,9 @@ class EtcdLock:
 
     def acquire(self, blocking: bool = True, timeout: float | None = -1, lane: str | None = None) -> bool:
         timeout = check_timeout(blocking, timeout)
+        if lane is None and not self.lanes.knows(current_lane() or self.lanes.default):
+            with self._counters_mutex:
+                self._lane_typos[0] += 1
         lane = resolve_lane(self.lanes, lane)
         self.session.check()
         start = self._clock()
@@ -358,7 +368,14 @@ class EtcdLock:
         with self._counters_mutex:
             lanes = snapshot_lanes(self.lanes.names, self._lane_counters, waiting)
         return EtcdLockStatistics(name=self.name, held=self.is_held(), fencing_token=self.fencing_token,
-                                  lanes=lanes, **self._stats)
+                                  lanes=lanes, lane_typos=self._lane_typos[0], **self._stats)
+
+    def _counts(self) -> tuple[int, int, int, tuple[str, ...], list[LaneCounters]]:
+        """(grants, handoffs, lane typos, lane names, a copy of the lane counters), for the name's
+        history (fairlock.history.ETCD)."""
+        with self._counters_mutex:
+            return (self._stats["acquisitions"], self._stats["handoffs_made"], self._lane_typos[0],
+                    self.lanes.names, [c.copy() for c in self._lane_counters])
 
     def __repr__(self) -> str:
         state = f"held (token {self._token})" if self.is_held() else "not held here"
