@@ -1,8 +1,10 @@
 """Every lock class fairlock offers, behind one small interface, for the generic suite.
 
 A kind makes a lock handle with ``acquire(blocking=True, timeout=None, lane=None) -> bool``,
-``release()`` and ``waiting() -> int`` (queued waiters, used as the "all parked" barrier).
-Later backends (lockutils shim, etcd, tooz) add a kind here and inherit every generic test.
+``release()`` (raises a RuntimeError on misuse) and ``waiting() -> int`` (queued waiters, used as
+the "all parked" barrier). Every lock class is a kind: the local lock, the named registry, the
+lockutils shim (internal and, on etcd, external), the etcd lock over the gateway and over gRPC (one
+session per thread, and two levels: one session shared by threads) and the tooz driver.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import fairlock
+from fairlock._primitives import green_mode
 
 _names = itertools.count()
 
@@ -36,6 +39,8 @@ class LockKind:
     #: Round trips to a server make each acquisition cost more: stress tests divide their
     #: iteration counts by this.
     cost: int = 1
+    #: Works under eventlet monkey patching (the gRPC transport refuses it, by design).
+    green: bool = True
 
     def __str__(self) -> str:
         return self.id
@@ -128,15 +133,14 @@ class _EtcdHandle:
     "process" to etcd, so threads contend in etcd itself); otherwise all threads share one session
     and meet in the local queue first (two levels)."""
 
-    def __init__(self, lanes: Sequence[str], per_thread: bool) -> None:
+    def __init__(self, lanes: Sequence[str], per_thread: bool, transport: str = "gateway") -> None:
         from fairlock.etcd import EtcdLock, Session
-        from fairlock.etcd.gateway import GatewayTransport
 
         server = etcd_server()
         self.name = f"generic-{next(_names)}"
         self.prefix = f"/fairlock-kinds/{uuid.uuid4().hex[:8]}"
-        self._make_session = lambda: Session(GatewayTransport([server.endpoint], timeout=10.0),
-                                             ttl=10, prefix=self.prefix)
+        make_transport = _transports()[transport]
+        self._make_session = lambda: Session(make_transport(server.endpoint), ttl=10, prefix=self.prefix)
         self._make_lock = lambda session: EtcdLock(self.name, session, lanes=lanes)
         self.per_thread = per_thread
         self._mutex = threading.Lock()
@@ -166,13 +170,8 @@ class _EtcdHandle:
 
     def waiting(self) -> int:
         """Parked waiters: etcd waiter keys, plus threads queued locally behind the etcd waiter."""
-        from fairlock.etcd.lock import lock_keys
-
-        session = self.sessions[0]
-        _, wprefix, wend = lock_keys(session.prefix, self.name)
-        _, kvs = session.transport.get_range(wprefix, wend)
         local = self.shared._local.statistics().waiting if self.shared is not None else 0
-        return len(kvs) + local
+        return _etcd_waiters(self.sessions[0], self.name) + local
 
     def close(self) -> None:
         for session in self.sessions:
@@ -181,13 +180,148 @@ class _EtcdHandle:
             transport.close()
 
 
+def _transports() -> dict[str, Callable[[str], Any]]:
+    from fairlock.etcd.gateway import GatewayTransport
+
+    def grpc(endpoint: str) -> Any:
+        from fairlock.etcd.grpc import GrpcTransport
+
+        return GrpcTransport([endpoint], timeout=10.0)
+
+    return {"gateway": lambda endpoint: GatewayTransport([endpoint], timeout=10.0), "grpc": grpc}
+
+
+def _etcd_waiters(session: Any, name: str) -> int:
+    from fairlock.etcd.lock import lock_keys
+
+    _, wprefix, wend = lock_keys(session.prefix, name)
+    _, kvs = session.transport.get_range(wprefix, wend)
+    return len(kvs)
+
+
+class _LockutilsExternalHandle:
+    """``fairlock.lockutils.lock(name, external=True)`` with the etcd backend: every thread queues
+    in the process's internal lock, then its one etcd waiter queues in etcd (as in nova with
+    ``[oslo_concurrency] fairlock_backend_url`` set)."""
+
+    def __init__(self, lanes: Sequence[str]) -> None:
+        from fairlock import lockutils
+        from fairlock.etcd import Session
+        from fairlock.etcd.backend import EtcdBackend
+        from fairlock.etcd.gateway import GatewayTransport
+
+        server = etcd_server()
+        self.lockutils = lockutils
+        self.name = f"generic-{next(_names)}"
+        self.session = Session(GatewayTransport([server.endpoint], timeout=10.0), ttl=10,
+                               prefix=f"/fairlock-kinds/{uuid.uuid4().hex[:8]}")
+        self.backend = EtcdBackend(self.session, lanes=tuple(lanes))
+        self.semaphores = lockutils.Semaphores(lanes=tuple(lanes))
+        self._held: dict[int, list[Any]] = {}
+        # Process-wide, as the config option is; put back by close() at the end of the test.
+        self._previous = lockutils.set_external_backend(self.backend)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool:
+        manager = self.lockutils.lock(self.name, semaphores=self.semaphores, external=True, do_log=False,
+                                      blocking=blocking, timeout=timeout, lane=lane)
+        try:
+            manager.__enter__()
+        except self.lockutils.AcquireLockFailedException:
+            return False
+        self._held.setdefault(threading.get_ident(), []).append(manager)
+        return True
+
+    def release(self) -> None:
+        held = self._held.get(threading.get_ident())
+        if not held:
+            self.semaphores.get(self.name).release()  # not held by this thread: raises as the lock does
+            return
+        held.pop().__exit__(None, None, None)
+
+    def waiting(self) -> int:
+        return self.semaphores.get(self.name).statistics().waiting + _etcd_waiters(self.session, self.name)
+
+    def close(self) -> None:
+        self.lockutils.set_external_backend(self._previous)
+        transport = self.session.transport
+        self.session.close()
+        transport.close()
+
+
+class _ToozHandle:
+    """The tooz driver (``fairlock+etcd3+http://``), one coordinator per thread as tooz users run
+    one per process. tooz's own misuse signals are mapped to the handle's: ``release()`` returning
+    False (not held) and ``ToozError`` (released by another thread) raise a RuntimeError here."""
+
+    def __init__(self, lanes: Sequence[str]) -> None:
+        # Imported here, in the test's thread: tooz imports futurist, which imports eventlet when
+        # installed, and a first eventlet import in a worker thread leaves that thread unjoinable.
+        from tooz import coordination
+
+        self.coordination = coordination
+        server = etcd_server()
+        self.name = f"generic-{next(_names)}"
+        self.url = (f"fairlock+etcd3+http://127.0.0.1:{server.client_port}/fairlock-kinds/"
+                    f"{uuid.uuid4().hex[:8]}?lanes={','.join(lanes)}&lease_ttl=10&timeout=10")
+        self._mutex = threading.Lock()
+        self._coordinators: dict[int, Any] = {}
+
+    def _lock(self) -> Any:
+        me = threading.get_ident()
+        with self._mutex:
+            found = self._coordinators.get(me)
+            if found is None:
+                coordinator = self.coordination.get_coordinator(self.url, f"member-{me}".encode())
+                coordinator.start()
+                # A tooz lock object remembers its own holder: one per coordinator, kept.
+                found = self._coordinators[me] = (coordinator, coordinator.get_lock(self.name.encode()))
+        return found[1]
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool:
+        lock = self._lock()
+        if not blocking:
+            return bool(lock.acquire(False, lane=lane))
+        return bool(lock.acquire(True, timeout=timeout, lane=lane))
+
+    def release(self) -> None:
+        import tooz
+
+        try:
+            released = self._lock().release()
+        except tooz.ToozError as exc:
+            raise RuntimeError(f"tooz: {exc}") from exc
+        if not released:
+            raise RuntimeError("tooz: release() returned False (the lock was not held)")
+
+    def waiting(self) -> int:
+        with self._mutex:
+            coordinators = list(self._coordinators.values())
+        if not coordinators:
+            return 0
+        session = coordinators[0][0]._session
+        return _etcd_waiters(session, self.name)
+
+    def close(self) -> None:
+        with self._mutex:
+            coordinators, self._coordinators = list(self._coordinators.values()), {}
+        for coordinator, _ in coordinators:
+            if coordinator.is_started:
+                coordinator.stop()
+
+
 KINDS: list[LockKind] = [
     LockKind("local", _local),
     LockKind("registry", _registry),
     LockKind("lockutils", _LockutilsHandle),
     LockKind("etcd", lambda lanes: _EtcdHandle(lanes, per_thread=True), cost=8),
     LockKind("etcd-two-level", lambda lanes: _EtcdHandle(lanes, per_thread=False), cost=4),
+    LockKind("etcd-grpc", lambda lanes: _EtcdHandle(lanes, per_thread=True, transport="grpc"), cost=8,
+             green=False),
+    LockKind("lockutils-etcd", _LockutilsExternalHandle, cost=4),
+    LockKind("tooz", _ToozHandle, cost=16),
 ]
+if green_mode():  # the eventlet child of tests/test_eventlet.py: only the kinds made for it
+    KINDS = [kind for kind in KINDS if kind.green]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

@@ -8,6 +8,7 @@ parked in the queue (``waiting()`` barrier), never on sleeps.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -29,7 +30,7 @@ def kind(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
         made.append(handle)
         return handle
 
-    yield LockKind(base.id, make, base.has_lanes, base.cost)
+    yield dataclasses.replace(base, make=make)
     for handle in made:
         close = getattr(handle, "close", None)
         if close is not None:
@@ -80,6 +81,7 @@ def test_mutual_exclusion(kind: LockKind) -> None:
     threads = [start(work) for _ in range(8)]
     for t in threads:
         t.join(30)
+    assert not any(t.is_alive() for t in threads)
     assert counter[0] == 8 * rounds
     assert max_inside == 1
 
