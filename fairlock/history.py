@@ -30,7 +30,8 @@ from typing import Any
 from .errors import ArgumentTypeError, InvalidArgumentError
 from .stats import LaneCounters, NameStatistics
 
-__all__ = ["History", "OVERFLOW", "DEFAULT_MAX_KEYS", "LOCKUTILS", "ETCD", "name_key"]
+__all__ = ["History", "OVERFLOW", "DEFAULT_MAX_KEYS", "LOCKUTILS", "ETCD", "name_key", "record_hold_times",
+           "recording_hold_times"]
 
 #: The key of the names counted after the table is full.
 OVERFLOW = "*"
@@ -211,6 +212,24 @@ class History:
 
     def __repr__(self) -> str:
         return f"<fairlock.history.History {self.kind} {len(self)} key(s), {len(self._dropped)} queued>"
+
+
+_record_holds = False
+
+
+def record_hold_times(on: bool = True) -> None:
+    """Make :mod:`fairlock.lockutils` locks built from now on measure how long they are held
+    (``LaneStatistics.hold_histogram``): two clock reads per use. :func:`fairlock.metrics.register`
+    turns it on."""
+    global _record_holds
+    if not isinstance(on, bool):
+        raise ArgumentTypeError("on must be a bool")
+    _record_holds = on
+
+
+def recording_hold_times() -> bool:
+    """Whether lockutils locks built now measure their holds."""
+    return _record_holds
 
 
 #: Every internal lock of :mod:`fairlock.lockutils` (its locks are built per use of a name).

@@ -56,6 +56,7 @@ from oslo_utils import reflection
 from ._core import DEFAULT_MAX_BYPASS, Lanes, check_max_bypass
 from .context import lane as _lane_context
 from .errors import ArgumentTypeError, FairlockError, InvalidArgumentError
+from . import history as _history
 from .history import LOCKUTILS as _HISTORY
 from .local import Lock, check_name
 from .stats import LockStatistics, NameStatistics
@@ -257,12 +258,13 @@ def _lock_options() -> dict[str, Any]:
     global _options_cache
     group = CONF.oslo_concurrency
     key = (tuple(group.fairlock_lanes), group.fairlock_default_lane, group.fairlock_max_bypass,
-           group.fairlock_slow_wait, group.fairlock_slow_hold)
+           group.fairlock_slow_wait, group.fairlock_slow_hold, _history._record_holds)
     cached = _options_cache
     if cached is not None and cached[0] == key:
         return cached[1]
     lanes, max_bypass = _build_lanes(*key[:3])
-    options = {"lanes": lanes, "max_bypass": max_bypass, "reentrant": False, **_slow_options(*key[3:])}
+    options = {"lanes": lanes, "max_bypass": max_bypass, "reentrant": False, **_slow_options(*key[3:5]),
+               "record_holds": key[5]}
     _options_cache = (key, options)
     return options
 
