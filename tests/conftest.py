@@ -22,7 +22,7 @@ from fairlock.testing import (  # noqa: F401 - pytest finds fixtures by their na
 )
 
 #: Modules whose every test is slow: fault injection, benchmarks run as commands, load, the
-#: upstream projects' own suites, the eventlet child process, the demo.
+#: upstream projects' own suites, the eventlet child process, the demo, nova's own code in its venv.
 SLOW_MODULES = frozenset({
     "test_faults_etcd",
     "test_faults_network",
@@ -34,6 +34,7 @@ SLOW_MODULES = frozenset({
     "test_oslo_parity",
     "test_eventlet",
     "test_example_nova",
+    "test_nova_real_code",
 })
 
 
