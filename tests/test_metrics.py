@@ -73,13 +73,15 @@ def test_grants_waits_holds_timeouts_and_waiting_per_lane(registry: CollectorReg
 
 def test_buckets_are_cumulative_and_end_at_inf(registry: CollectorRegistry) -> None:
     metrics.register(registry)
-    with lockutils.lock(unique()):
+    name = unique()
+    with lockutils.lock(name):
         pass
     text = generate_latest(registry).decode()
     assert "# TYPE fairlock_lock_wait_seconds histogram" in text
     assert "# TYPE fairlock_lock_grants_total counter" in text
     buckets = [line for line in text.splitlines()
-               if line.startswith("fairlock_lock_hold_seconds_bucket") and 'lane="normal"' in line]
+               if line.startswith("fairlock_lock_hold_seconds_bucket") and 'lane="normal"' in line
+               and f'lock="{name}"' in line]
     counts = [float(line.rsplit(" ", 1)[1]) for line in buckets]
     assert counts == sorted(counts) and counts[-1] >= 1 and 'le="+Inf"' in buckets[-1]
 
