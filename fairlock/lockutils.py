@@ -17,7 +17,10 @@ What it changes, each a row of the compatibility table in doc/source/lockutils.r
 
 3. Every internal lock is one non-reentrant :class:`fairlock.Lock` per name: FIFO with direct handoff
    whatever ``fair=`` says, so fair and non-fair callers of one name exclude each other.
-   ``blocking=False`` and ``semaphores=`` work with ``fair=True``.
+   ``fair=True`` calls are re-entrant for the holder, as oslo's fair lock (fasteners' write lock)
+   is. ``blocking=False`` and ``semaphores=`` work with ``fair=True``. ``ReaderWriterLock`` and
+   ``FairLocks`` give fairlock's fair reader/writer lock (:mod:`fairlock.rwlock`) with fasteners'
+   methods.
 4. Extra keyword-only arguments ``timeout=`` (a timeout fails like a non-blocking acquire) and
    ``lane=`` (else the caller's :func:`fairlock.lane`, else the configured default lane).
 5. Bad arguments raise at once: names are non-empty ``str``; lanes, timeouts and ``blocking`` are
@@ -59,6 +62,7 @@ from .errors import ArgumentTypeError, FairlockError, InvalidArgumentError
 from . import history as _history
 from .history import LOCKUTILS as _HISTORY
 from .local import Lock, check_name
+from .rwlock import ReaderWriterLock
 from .stats import LockStatistics, NameStatistics
 
 __all__ = [
@@ -286,8 +290,9 @@ class InternalLock(Lock, threading.Semaphore):
     It also passes ``isinstance(lock, threading.Semaphore)``, because oslo's ``lock()`` documents
     that it yields a semaphore and callers check that. It is not a counting semaphore: ``release``
     by a thread that does not hold it raises :class:`fairlock.NotOwnerError`. A blocking
-    re-entry by the holder raises :class:`fairlock.DeadlockError` (oslo's default semaphore hangs;
-    its fair lock, fasteners' write lock, allowed it).
+    re-entry by the holder raises :class:`fairlock.DeadlockError` (oslo's default semaphore
+    hangs), except through ``lock(name, fair=True)``, which re-enters as oslo's fair lock
+    (fasteners' write lock) does.
     """
 
     __slots__ = ()
@@ -372,9 +377,37 @@ class Semaphores:
         return f"<{type(self).__module__}.{type(self).__name__} {len(self)} lock(s)>"
 
 
-class FairLocks(Semaphores):
-    """oslo's container of fair locks. Every container here is fair; this name is kept so that
-    code constructing one keeps working."""
+class FairLocks:
+    """oslo's container of fair reader/writer locks: ``get(name)`` gives a
+    :class:`ReaderWriterLock`, the same one for the same name while anyone uses it.
+
+    nova keeps one (``nova.utils.NOVA_FAIR_LOCKS``) and calls ``acquire_write_lock()``,
+    ``release_write_lock()`` and ``is_writer()`` on its locks. Like oslo's, the container holds its
+    locks weakly and is independent of :func:`lock`'s internal locks. Unlike oslo's (fasteners'
+    locks, which wake every waiter to race on release), readers and writers are served in
+    arrival order with direct handoff.
+    """
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[str, ReaderWriterLock] = weakref.WeakValueDictionary()
+        # Guards dict lookups only; nothing that can block or yield runs under it.
+        self._mutex = threading.Lock()
+
+    def get(self, name: str) -> ReaderWriterLock:
+        """The reader/writer lock called ``name``, created on first use."""
+        check_name(name, allow_none=False)
+        with self._mutex:
+            found = self._locks.get(name)
+            if found is None:
+                self._locks[name] = found = ReaderWriterLock(name=name)
+            return found
+
+    def __len__(self) -> int:
+        """How many locks exist at the moment."""
+        return len(self._locks)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__name__} {len(self)} lock(s)>"
 
 
 _semaphores = Semaphores()
@@ -501,8 +534,6 @@ def _check_lane(lane: object) -> None:
 # -- external locks: the seam ---------------------------------------------------------------------
 
 InterProcessLock = fasteners.InterProcessLock
-#: oslo's reader/writer lock, re-exported unchanged (it is not one of lockutils' named locks).
-ReaderWriterLock = _oslo.ReaderWriterLock
 
 
 class ExternalLock(Protocol):
@@ -527,6 +558,8 @@ class ExternalLockBackend(Protocol):
 
 def _get_lock_path(name: str, lock_file_prefix: str | None, lock_path: str | None = None) -> str:
     """The lock file of ``name``: separators in the name become ``_``, the prefix gets a ``-``."""
+    check_name(name, allow_none=False)
+    _check_prefix(lock_file_prefix)
     name = name.replace(os.sep, "_")
     if lock_file_prefix:
         name = lock_file_prefix + ("" if lock_file_prefix.endswith("-") else "-") + name
@@ -611,9 +644,17 @@ def remove_external_lock_file(
     lock_path: str | None = None,
     semaphores: Semaphores | None = None,
 ) -> None:
-    """Remove the external lock of ``name`` (its file) under the internal lock."""
-    _check_prefix(lock_file_prefix)
-    with internal_lock(name, semaphores=semaphores):
+    """Remove the external lock of ``name`` (its file) under the internal lock.
+
+    Duck-typed as oslo's: the arguments reach the backend as given, and the backend checks them
+    (the file backend refuses a name that is not a non-empty ``str`` or a prefix that is not a
+    ``str``, when it builds the path). The internal lock is taken for a name :func:`lock` accepts;
+    no internal lock can exist under any other name, so then there is nobody to exclude.
+    """
+    if isinstance(name, str) and name:
+        with internal_lock(name, semaphores=semaphores):
+            get_external_backend().remove(name, lock_file_prefix, lock_path)
+    else:
         get_external_backend().remove(name, lock_file_prefix, lock_path)
 
 
@@ -640,6 +681,25 @@ class AcquireLockFailedException(_oslo.AcquireLockFailedException, FairlockError
         self.message = f"Failed to acquire the lock {lock_name}"
 
 
+def _reentered(name: str, int_lock: Lock, do_log: bool) -> Generator[Any, None, None]:
+    """A ``fair=True`` call by the thread that holds the lock already: it re-enters.
+
+    oslo's fair lock is fasteners' write lock, which lets its owner in again; nova nests
+    ``@synchronized(COMPUTE_RESOURCE_SEMAPHORE, fair=True)`` methods and relies on it. Nothing is
+    acquired or released here: the outer hold keeps the internal lock (and the external one, which
+    a nested file lock in oslo would have released early), so waiters stay queued in their lanes
+    and get the lock by handoff when the outermost block ends. oslo's log lines are kept.
+    """
+    if do_log:
+        LOG.debug('Acquiring lock "%s"', name)
+        LOG.debug('Acquired lock "%(lock)s"', {"lock": name})
+    try:
+        yield int_lock
+    finally:
+        if do_log:
+            LOG.debug('Releasing lock "%(lock)s"', {"lock": name})
+
+
 @contextlib.contextmanager
 def lock(
     name: str,
@@ -660,7 +720,10 @@ def lock(
     Yields the internal lock (an :class:`InternalLock`), or with ``external=True`` the external
     lock. Arguments as oslo's, plus:
 
-    :param fair: accepted and ignored: every lock is fair (FIFO with direct handoff).
+    :param fair: every lock is fair (FIFO with direct handoff) whatever it says; ``fair=True``
+        also makes the call re-entrant for the thread (or green thread) that holds the lock, as
+        oslo's fair lock is. A nested non-fair call by the holder raises
+        :class:`fairlock.DeadlockError` (oslo's default lock would hang).
     :param blocking: False: raise :class:`AcquireLockFailedException` at once if busy.
     :param timeout: seconds to wait at most (internal and external lock together); on expiry
         raise :class:`AcquireLockFailedException`. None waits forever.
@@ -673,6 +736,9 @@ def lock(
     int_lock = _container_lock(name, semaphores)
     if lane is not None:
         int_lock.lanes.rank(lane)  # an unknown lane fails here, before anything is logged
+    if fair and int_lock.owned():
+        yield from _reentered(name, int_lock, do_log)
+        return
     deadline = None if wait is None else _clock() + wait
     if do_log:
         LOG.debug('Acquiring lock "%s"', name)

@@ -110,6 +110,27 @@ class _LockutilsHandle:
         return self.lock.statistics().waiting
 
 
+class _RWWriteHandle:
+    """The write side of :class:`fairlock.rwlock.ReaderWriterLock` (what ``FairLocks`` gives):
+    exclusive, FIFO, no lanes."""
+
+    def __init__(self, lanes: Sequence[str]) -> None:
+        from fairlock.lockutils import FairLocks
+
+        self.container = FairLocks()
+        self.lock = self.container.get(f"generic-{next(_names)}")
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool:
+        assert lane is None, "the reader/writer lock has no lanes"
+        return self.lock.acquire_write_lock(blocking, timeout)
+
+    def release(self) -> None:
+        self.lock.release_write_lock()
+
+    def waiting(self) -> int:
+        return self.lock.waiting()
+
+
 _etcd_server: Any = None
 
 
@@ -313,6 +334,7 @@ KINDS: list[LockKind] = [
     LockKind("local", _local),
     LockKind("registry", _registry),
     LockKind("lockutils", _LockutilsHandle),
+    LockKind("rwlock-write", _RWWriteHandle, has_lanes=False),
     LockKind("etcd", lambda lanes: _EtcdHandle(lanes, per_thread=True), cost=8),
     LockKind("etcd-two-level", lambda lanes: _EtcdHandle(lanes, per_thread=False), cost=4),
     LockKind("etcd-grpc", lambda lanes: _EtcdHandle(lanes, per_thread=True, transport="grpc"), cost=8,

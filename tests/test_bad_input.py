@@ -142,6 +142,14 @@ class World:
         return FairQueue()
 
     @cached_property
+    def fair_locks(self) -> Any:
+        return lockutils.FairLocks()
+
+    @cached_property
+    def rwlock(self) -> Any:
+        return self.fair_locks.get(self.name)
+
+    @cached_property
     def tmp(self) -> str:
         return str(self.request.getfixturevalue("tmp_path"))
 
@@ -253,6 +261,11 @@ def local_handle(lock: Any) -> Handle:
     return Handle(lambda t: lock.acquire(True, t), lambda: lock.acquire(False), lock.release)
 
 
+def rw_write_handle(lock: Any) -> Handle:
+    return Handle(lambda t: lock.acquire_write_lock(True, t), lambda: lock.acquire_write_lock(False),
+                  lock.release_write_lock)
+
+
 def tooz_handle(lock: Any) -> Handle:
     def release() -> None:
         assert lock.release() is True
@@ -283,6 +296,10 @@ def handles(w: World) -> Handles:
         w.keep.append(internal)
         return Handles(lambda: local_handle(internal), lambda: local_handle(lockutils.internal_lock(w.name)),
                        lambda: internal.statistics().waiting)
+    if subject == "rwlock":
+        rw = w.rwlock
+        return Handles(lambda: rw_write_handle(rw), lambda: rw_write_handle(w.fair_locks.get(w.name)),
+                       rw.waiting)
     if subject == "etcd":
         return Handles(lambda: local_handle(w.etcd_lock),
                        lambda: local_handle(EtcdLock(w.name, w.new_session())), w.etcd_waiters)
@@ -658,6 +675,7 @@ case(G, CD, "lock callable returns ''", lambda w: coalesced(lambda: "")(lambda: 
 # --- lockutils ------------------------------------------------------------------------------------
 
 G = "oslo.concurrency drop-in: fairlock.lockutils"
+RW = "rwlock"
 U = "lockutils"
 LU = "with lockutils.lock(name, ...)"
 case(G, LU, "name=None", lambda w: enter(lockutils.lock(None)), ArgumentTypeError,
@@ -781,6 +799,36 @@ case(G, SD, "fairlock_slow_hold='5'", lambda w: lockutils.set_defaults(fairlock_
 case(G, "lockutils.set_external_backend(backend)", "backend=object()",
      lambda w: lockutils.set_external_backend(object()), ArgumentTypeError,
      "needs lock() and remove() methods", subject=U)
+FL = "lockutils.FairLocks().get(name)"
+case(G, FL, "name=None", lambda w: lockutils.FairLocks().get(None), ArgumentTypeError,
+     "lock name must be a str, got NoneType", subject=RW)
+case(G, FL, "name=''", lambda w: lockutils.FairLocks().get(""), InvalidArgumentError,
+     "lock name must not be empty", subject=RW)
+RWL = "lockutils.ReaderWriterLock(...)"
+case(G, RWL, "current_thread_functor=5", lambda w: lockutils.ReaderWriterLock(current_thread_functor=5),
+     ArgumentTypeError, "current_thread_functor must be callable", subject=RW)
+case(G, RWL, "name=5", lambda w: lockutils.ReaderWriterLock(name=5), ArgumentTypeError,
+     "lock name must be a str, got int", subject=RW)
+RWA = "ReaderWriterLock.acquire_write_lock() / acquire_read_lock()"
+case(G, RWA, "blocking=False, timeout=1", lambda w: w.rwlock.acquire_write_lock(blocking=False, timeout=1),
+     InvalidArgumentError, "can't specify a timeout for a non-blocking call", subject=RW)
+case(G, RWA, "timeout='1'", lambda w: w.rwlock.acquire_read_lock(timeout="1"), ArgumentTypeError,
+     "timeout must be a number or None", subject=RW, contended=True)
+case(G, RWA, "timeout=-5", lambda w: w.rwlock.acquire_write_lock(timeout=-5), InvalidArgumentError,
+     "timeout must be -1 (forever) or >= 0", subject=RW, contended=True)
+case(G, RWA, "write lock asked by a reader",
+     lambda w: holding(w.rwlock.acquire_read_lock, w.rwlock.release_read_lock, w.rwlock.acquire_write_lock),
+     DeadlockError, "reader", subject=RW)
+RWR = "ReaderWriterLock.release_write_lock() / release_read_lock()"
+case(G, RWR, "not held", lambda w: w.rwlock.release_write_lock(), NotHeldError, "which is not held",
+     subject=RW)
+case(G, RWR, "by another thread",
+     lambda w: holding(w.rwlock.acquire_read_lock, w.rwlock.release_read_lock,
+                       lambda: in_thread(w.rwlock.release_read_lock)),
+     NotOwnerError, "does not own a read lock", subject=RW)
+case(G, RWR, "write lock released by a reader",
+     lambda w: holding(w.rwlock.acquire_read_lock, w.rwlock.release_read_lock, w.rwlock.release_write_lock),
+     NotOwnerError, "does not own a write lock", subject=RW)
 
 # --- etcd URLs ------------------------------------------------------------------------------------
 

@@ -426,21 +426,70 @@ def test_internal_locks_are_fairlock_locks_and_semaphores() -> None:
 
 
 def test_nesting_the_same_name_is_an_error_not_a_hang() -> None:
-    """Not reentrant, as oslo's default lock (a Semaphore, on which nesting hangs forever).
-
-    oslo's fair=True lock is reentrant; fairlock has one lock per name for both, and keeps the
-    default's contract, but a nested blocking acquire raises DeadlockError at once.
-    """
+    """Not reentrant, as oslo's default lock (a Semaphore, on which nesting hangs forever): a
+    nested non-fair blocking acquire raises DeadlockError at once."""
     name = unique()
-    with lockutils.lock(name) as outer:
+    with lockutils.lock(name, fair=True) as outer:
         with pytest.raises(fairlock.DeadlockError):
-            with lockutils.lock(name, fair=True):
+            with lockutils.lock(name):
                 pass
         with pytest.raises(lockutils.AcquireLockFailedException):
             with lockutils.lock(name, blocking=False):
                 pass
         assert outer.owned()
     assert not outer.locked()
+
+
+def test_fair_true_is_reentrant_for_the_holder_as_in_oslo() -> None:
+    """oslo's fair=True lock is fasteners' write lock, which its owner may re-enter; nova nests
+    @synchronized(COMPUTE_RESOURCE_SEMAPHORE, fair=True) methods."""
+    name = unique()
+
+    @lockutils.synchronized(name, fair=True)
+    def inner() -> bool:
+        return lockutils.internal_lock(name).owned()
+
+    @lockutils.synchronized(name, fair=True)
+    def outer() -> list[bool]:
+        with lockutils.lock(name, fair=True, blocking=False) as again:
+            nested = again.owned()
+        return [inner(), nested, lockutils.internal_lock(name).owned()]
+
+    assert outer() == [True, True, True]
+    assert not lockutils.internal_lock(name).locked()
+    with lockutils.lock(name) as plain:  # a non-fair outer hold: a fair inner call re-enters too
+        with lockutils.lock(name, fair=True):
+            assert plain.owned()
+        assert plain.owned()
+    assert not plain.locked()
+
+
+def test_fair_reentry_keeps_waiters_queued_and_hands_off_at_the_outermost_exit() -> None:
+    name = unique()
+    waiters = Waiters(name)
+    with lockutils.lock(name, fair=True) as held:
+        waiters.add_locker("queued-first", fair=True)
+        with lockutils.lock(name, fair=True, lane="migration"):
+            with lockutils.lock(name, fair=True):
+                assert held.statistics().waiting == 1
+        # The inner exits released nothing: the waiter is still queued behind us.
+        assert held.owned() and held.statistics().waiting == 1
+        waiters.add_locker("queued-second", fair=True)
+    assert waiters.join() == ["queued-first", "queued-second"]
+    assert held.statistics().handoffs >= 1
+
+
+def test_fair_reentry_logs_oslos_lines(caplog: pytest.LogCaptureFixture) -> None:
+    name = unique()
+    with caplog.at_level(logging.DEBUG, logger="oslo_concurrency.lockutils"):
+        with lockutils.lock(name, fair=True):
+            caplog.clear()
+            with lockutils.lock(name, fair=True):
+                pass
+    assert [r.getMessage() for r in caplog.records] == [
+        f'Acquiring lock "{name}"', f'Acquired lock "{name}"', f'Releasing lock "{name}"',
+        f'Releasing lock "{name}"',  # the outer block's
+    ]
 
 
 def test_release_by_another_thread_raises() -> None:
@@ -555,7 +604,6 @@ def test_semaphores_container_is_fair_and_separate() -> None:
         for label in ("first", "second", "third"):
             waiters.add_locker(label, fair=True)
     assert waiters.join() == ["first", "second", "third"]
-    assert isinstance(lockutils.FairLocks(), lockutils.Semaphores)
 
 
 def test_timeout_fails_like_nonblocking(caplog: pytest.LogCaptureFixture) -> None:
@@ -1076,3 +1124,41 @@ def test_lanes_and_fifo_under_eventlet() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "m1,n1,n2,e1"
+
+
+# -- oslo's reader/writer API: ReaderWriterLock, FairLocks ----------------------------------------
+
+
+def test_fair_locks_give_fair_reader_writer_locks_with_fasteners_methods() -> None:
+    """What nova.utils.FairLockGuard calls on NOVA_FAIR_LOCKS.get(name)."""
+    from fairlock.rwlock import ReaderWriterLock
+
+    container = lockutils.FairLocks()
+    name = unique()
+    rw = container.get(name)
+    assert isinstance(rw, lockutils.ReaderWriterLock) and lockutils.ReaderWriterLock is ReaderWriterLock
+    assert container.get(name) is rw and len(container) == 1
+    assert not rw.is_writer()
+    rw.acquire_write_lock()
+    assert rw.is_writer() and rw.owner == "w"
+    got = []
+    thread = threading.Thread(target=lambda: got.append(container.get(name).acquire_write_lock(blocking=False)))
+    thread.start()
+    thread.join(WAIT_LIMIT)
+    assert got == [False]
+    rw.release_write_lock()
+    assert rw.owner is None
+    with lockutils.ReaderWriterLock().write_lock() as writer:
+        assert writer.is_writer()
+    del rw
+    assert len(container) == 0  # held weakly, as oslo's
+    # Independent of lock()'s internal locks, as oslo's separate container is.
+    with lockutils.lock(name):
+        again = container.get(name)
+        assert again.acquire_write_lock(blocking=False)
+        again.release_write_lock()
+
+
+def test_fair_locks_refuse_a_bad_name() -> None:
+    with pytest.raises(fairlock.ArgumentTypeError):
+        lockutils.FairLocks().get(None)  # type: ignore[arg-type]

@@ -32,11 +32,6 @@ from tests import oslo_parity_loader as loader
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "doc" / "source" / "lockutils.rst"
 
-_SENTINEL_NAME = (
-    "passes mock.sentinel.name as the lock name; fairlock.lockutils requires a non-empty str "
-    "name and raises ArgumentTypeError (a TypeError) before the mocked _get_lock_path is reached"
-)
-
 #: ``Class.test`` of oslo's test_lockutils.py -> why it cannot pass against fairlock.
 EXPECTED_FAILURES: dict[str, str] = {
     "LockTestCase.test_fair_lock_with_semaphore": (
@@ -46,10 +41,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     "LockTestCase.test_fair_lock_with_nonblocking": (
         "expects NotImplementedError for fair=True with blocking=False; fairlock supports it"
     ),
-    "LockTestCase.test_remove_lock_external_file_exists": _SENTINEL_NAME,
-    "LockTestCase.test_remove_lock_external_file_exists_no_args": _SENTINEL_NAME,
-    "LockTestCase.test_remove_lock_external_file_doesnt_exists": _SENTINEL_NAME,
-    "LockTestCase.test_remove_lock_external_file_permission_error": _SENTINEL_NAME,
 }
 
 #: ``Class.test`` of oslo's test_lockutils_eventlet.py -> why it cannot pass against fairlock.
@@ -63,7 +54,7 @@ RAISING_THREADS = (
 )
 
 #: (passed, total) over both oslo modules; doc/source/lockutils.rst states the same numbers.
-PARITY = (36, 42)
+PARITY = (40, 42)
 
 # oslo's thread tests fork. When another test module has imported eventlet into this process
 # (without monkey patching it), eventlet warns at every fork; that is about the test run, not

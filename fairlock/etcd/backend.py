@@ -15,6 +15,7 @@ from typing import Any
 
 from .._core import DEFAULT_MAX_BYPASS
 from ..errors import ArgumentTypeError
+from ..local import check_name
 from .lock import EtcdLock
 from .session import Session
 
@@ -92,7 +93,11 @@ class EtcdBackend:
         return _ExternalEtcdLock(found)
 
     def remove(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> None:
-        """Nothing to remove: an etcd lock leaves no key behind once released."""
+        """Nothing to remove: an etcd lock leaves no key behind once released. The arguments are
+        checked as :meth:`lock` would check them, so a bad one fails here too."""
+        check_name(name, allow_none=False)
+        if lock_file_prefix is not None and not isinstance(lock_file_prefix, str):
+            raise ArgumentTypeError(f"lock_file_prefix must be a str or None, got {type(lock_file_prefix).__name__}")
 
     def close(self) -> None:
         with self._mutex:
