@@ -101,6 +101,9 @@ def test_wheel_and_sdist_carry_the_license_and_build_without_warnings(tmp_path: 
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+        # The library and its test kit only: the benchmarks stay in the source checkout.
+        assert not [n for n in names if n.startswith(("benchmarks/", "fairlock/bench/"))], names
+        assert "fairlock/testing/__init__.py" in names and "fairlock/testing/etcd_model.py" in names
         metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in metadata
     assert "Classifier: License ::" not in metadata
