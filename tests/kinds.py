@@ -359,3 +359,50 @@ def start(target: Callable[[], object], name: str | None = None) -> threading.Th
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
+
+
+class Cancelled(BaseException):
+    """Raised into a parked waiter by :meth:`Waiter.cancel`, as greenthread.kill raises GreenletExit."""
+
+
+class Waiter:
+    """A thread that acquires ``lock``, runs ``then()`` while holding it, and releases; it can be
+    cancelled while it waits, the way a green thread is cancelled in real code (``kill``,
+    ``eventlet.Timeout``): an exception raised at the point where it is parked.
+
+    Only green threads can be cancelled from outside (a native thread blocked in a lock cannot be
+    interrupted; its only way out is a timeout, which the timeout tests cover), so ``cancel()``
+    exists under eventlet monkey patching only.
+    """
+
+    def __init__(self, lock: Handle, then: Callable[[], object] = lambda: None, lane: str | None = None) -> None:
+        self.cancelled = threading.Event()
+        self.acquired = threading.Event()
+        self._greenlet: Any = None
+        ready = threading.Event()
+
+        def run() -> None:
+            if green_mode():
+                import greenlet
+
+                self._greenlet = greenlet.getcurrent()
+            ready.set()
+            try:
+                assert lock.acquire(lane=lane)
+            except Cancelled:
+                self.cancelled.set()
+                return
+            self.acquired.set()
+            try:
+                then()
+            finally:
+                lock.release()
+
+        self.thread = start(run)
+        ready.wait(10)
+
+    def cancel(self) -> None:
+        """Raise :class:`Cancelled` in the waiter where it waits (it yields to it at once)."""
+        import eventlet.greenthread  # only ever called in the monkey-patched child
+
+        eventlet.greenthread.kill(self._greenlet, Cancelled())

@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-from .kinds import KINDS, Handle, LockKind, start, wait_for
+from fairlock._primitives import green_mode
+
+from .kinds import KINDS, Handle, LockKind, Waiter, start, wait_for
 
 LANES = ("high", "normal", "low")
 
@@ -203,4 +205,59 @@ def test_release_by_non_owner_raises_and_lock_stays_held(kind: LockKind) -> None
     other = []
     start(lambda: other.append(lock.acquire(blocking=False))).join(10)
     assert other == [False]
+    lock.release()
+
+
+#: Cancelling a waiter from outside needs green threads: in native threads the only way out of a
+#: wait is a timeout (tests above). These run in the eventlet child of tests/test_eventlet.py.
+green_only = pytest.mark.skipif(not green_mode(), reason="cancels green threads; runs in the eventlet child")
+
+
+@green_only
+def test_cancel_while_queued_leaves_the_queue_consistent(kind: LockKind) -> None:
+    lock = kind.make(LANES)
+    order: list[object] = []
+    assert lock.acquire()
+    threads = queue_waiters(lock, 1, order, tag="a")
+    victim = Waiter(lock, lambda: order.append("victim"))
+    wait_for(lambda: lock.waiting() == 2, what="the victim parked")
+    threads += queue_waiters(lock, 1, order, tag="c")
+    victim.cancel()
+    assert victim.cancelled.wait(10)
+    # Invariant: leaving the queue changes nobody else's place in it.
+    wait_for(lambda: lock.waiting() == 2, what="the victim gone from the queue")
+    lock.release()
+    for t in [*threads, victim.thread]:
+        t.join(20)
+    assert order == [("a", 0), ("c", 0)]
+    assert not victim.acquired.is_set()
+    assert lock.waiting() == 0
+    assert lock.acquire(blocking=False)
+    lock.release()
+
+
+@green_only
+def test_cancel_at_the_instant_of_grant_passes_the_lock_on(kind: LockKind) -> None:
+    """The classic bug between "chosen" and "running": the waiter the release chose is cancelled
+    before it runs. Whoever is next must still get the lock; nothing may stay held."""
+    lock = kind.make(LANES)
+    order: list[object] = []
+    hold = threading.Event()
+    assert lock.acquire()
+    victim = Waiter(lock, lambda: (order.append("victim"), hold.wait(10)))
+    wait_for(lambda: lock.waiting() == 1, what="the victim parked")
+    threads = queue_waiters(lock, 1, order, tag="c")
+    lock.release()  # chooses the victim...
+    victim.cancel()  # ...which is cancelled before it runs (or, over a network, soon after)
+    hold.set()
+    for t in [*threads, victim.thread]:
+        t.join(20)
+    assert victim.cancelled.is_set() != victim.acquired.is_set()
+    if kind.cost == 1:
+        # An in-process release hands over without yielding: the cancel lands between chosen and
+        # running, every time.
+        assert victim.cancelled.is_set()
+    assert order == ([("c", 0)] if victim.cancelled.is_set() else ["victim", ("c", 0)])
+    assert lock.waiting() == 0
+    assert lock.acquire(blocking=False)
     lock.release()

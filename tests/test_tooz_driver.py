@@ -133,29 +133,7 @@ def test_https_and_users(etcd_tls_server: Any, etcd_auth_server: Any, etcd_prefi
             coordinator.stop()
 
 
-# -- fairness -------------------------------------------------------------------------------------
-
-
-def test_fifo_across_coordinators(coordinators: Any, keys: Any) -> None:
-    holder = coordinators("holder")
-    first = holder.get_lock(b"fifo")
-    assert first.acquire()
-
-    def request(coordinator: FairlockDriver, label: str) -> Callable[[list[str]], None]:
-        def run(order: list[str]) -> None:
-            lock = coordinator.get_lock(b"fifo")
-            assert lock.acquire(blocking=WAIT)
-            order.append(label)
-            assert lock.release()
-        return run
-
-    labels = [f"w{i}" for i in range(5)]
-    order, threads = queue_in_order(keys, holder, "fifo",
-                                    [(label, request(coordinators(label), label)) for label in labels])
-    assert first.release()
-    for thread in threads:
-        thread.join(WAIT)
-    assert order == labels
+# -- fairness (FIFO, mutual exclusion, timeouts, cancels: the generic suite, kind "tooz") ---------
 
 
 def test_lanes_by_keyword_context_and_context_manager(coordinators: Any, keys: Any) -> None:
