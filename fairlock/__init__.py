@@ -21,7 +21,7 @@ from .errors import (
 )
 from .local import Lock
 from .registry import LockRegistry, get_lock, lock
-from .stats import LaneStatistics, LockStatistics
+from .stats import LaneStatistics, LockStatistics, NameStatistics
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "Lock",
     "LockRegistry",
     "LockStatistics",
+    "NameStatistics",
     "NotHeldError",
     "NotOwnerError",
     "UnknownLaneError",

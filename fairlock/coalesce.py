@@ -448,6 +448,7 @@ class Coalescer:
     # -- queries ----------------------------------------------------------------------------------
 
     def statistics(self) -> CoalesceStatistics:
+        """A consistent snapshot of runs, followers and pending requests."""
         with self._mutex:
             pending = [run for runs in self._pending.values() for run in runs]
             return CoalesceStatistics(

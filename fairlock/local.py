@@ -406,6 +406,7 @@ class Lock:
     # -- queries ---------------------------------------------------------------------------------
 
     def locked(self) -> bool:
+        """True if anyone holds the lock now."""
         return self._held.locked()
 
     def owned(self) -> bool:
@@ -414,6 +415,7 @@ class Lock:
 
     @property
     def max_bypass(self) -> int | None:
+        """K: how many times a waiter may be overtaken by later, higher-lane waiters (None: unbounded)."""
         return self._queue.max_bypass
 
     def statistics(self) -> LockStatistics:

@@ -539,9 +539,11 @@ InterProcessLock = fasteners.InterProcessLock
 class ExternalLock(Protocol):
     """What :func:`lock` needs from an external lock (fasteners' InterProcessLock has it)."""
 
-    def acquire(self, blocking: bool = ..., delay: float = ..., timeout: float | None = ...) -> bool: ...
+    def acquire(self, blocking: bool = ..., delay: float = ..., timeout: float | None = ...) -> bool:
+        """Take the external lock; True if taken. ``delay`` is the retry interval of a polling lock."""
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        """Release the external lock."""
 
 
 class ExternalLockBackend(Protocol):
@@ -551,9 +553,11 @@ class ExternalLockBackend(Protocol):
     of the request is visible to the backend as :func:`fairlock.current_lane` during that call.
     """
 
-    def lock(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> ExternalLock: ...
+    def lock(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> ExternalLock:
+        """A new, not yet acquired external lock for ``name``."""
 
-    def remove(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> None: ...
+    def remove(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> None:
+        """Remove what the external lock of ``name`` leaves behind (its file)."""
 
 
 def _get_lock_path(name: str, lock_file_prefix: str | None, lock_path: str | None = None) -> str:
@@ -573,9 +577,11 @@ class FileLockBackend:
     """oslo's behaviour: one fasteners file lock per name under ``lock_path`` (one host only)."""
 
     def lock(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> ExternalLock:
+        """A fasteners ``InterProcessLock`` on the lock file of ``name`` under ``lock_path``."""
         return InterProcessLock(_get_lock_path(name, lock_file_prefix, lock_path))  # type: ignore[no-any-return]
 
     def remove(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> None:
+        """Remove the lock file of ``name``; a missing file is fine, another error is logged."""
         path = _get_lock_path(name, lock_file_prefix, lock_path)
         try:
             os.remove(path)
@@ -910,6 +916,7 @@ def _lock_wrapper(argv: Sequence[str]) -> int:
 
 
 def main() -> None:
+    """The ``fairlock-lockutils-wrapper`` console script: run a command with ``OSLO_LOCK_PATH`` set to a temporary directory."""
     sys.exit(_lock_wrapper(sys.argv))
 
 

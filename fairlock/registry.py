@@ -68,6 +68,7 @@ class LockRegistry:
         return _Held(self.get(name), lane, timeout, blocking)
 
     def names(self) -> list[str]:
+        """The names whose locks are alive now."""
         with self._mutex:
             return list(self._locks.keys())
 

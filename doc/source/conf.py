@@ -19,4 +19,6 @@ autodoc_typehints = "description"
 nitpicky = False
 html_theme = "alabaster"
 html_static_path = ["_static"]
+# Wide tables and code blocks scroll inside their box (tests/test_docs.py checks it is linked).
+html_css_files = ["fairlock.css"]
 exclude_patterns = ["_build"]

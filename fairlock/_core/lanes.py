@@ -69,6 +69,7 @@ class Lanes:
         return self.rank(lane)
 
     def knows(self, lane: object) -> bool:
+        """True if ``lane`` is one of these lanes (any object may be asked)."""
         return isinstance(lane, str) and lane in self._rank
 
     def __len__(self) -> int:

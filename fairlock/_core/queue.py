@@ -159,6 +159,7 @@ class FairQueue:
 
     @property
     def owner_lane(self) -> str | None:
+        """The lane the owner queued in, or None when the lock is free."""
         return None if self._owner_rank is None else self.lanes.names[self._owner_rank]
 
     def __len__(self) -> int:
@@ -173,6 +174,7 @@ class FairQueue:
         return {name: len(q) for name, q in zip(self.lanes.names, self._queues)}
 
     def lane_of(self, ticket: int) -> str:
+        """The lane of ``ticket`` (queued, or the owner); raises UnknownTicketError otherwise."""
         if ticket == self._owner and self._owner_rank is not None:
             return self.lanes.names[self._owner_rank]
         try:
@@ -274,6 +276,7 @@ class FairQueue:
     # -- snapshots ------------------------------------------------------------------------------
 
     def snapshot(self) -> QueueState:
+        """The whole state as a frozen :class:`QueueState` (see :meth:`restore`)."""
         names = self.lanes.names
         waiters = sorted(
             (WaiterState(t, names[r], self._queues[r][t]) for t, r in self._rank_of.items()),

@@ -65,6 +65,7 @@ class EtcdBackend:
 
     @property
     def session(self) -> Session:
+        """The etcd session of this process, opened on first use and again after it was lost."""
         with self._mutex:
             if self._session is None or not self._session.alive():
                 if isinstance(self._session_or_url, Session):
@@ -83,6 +84,7 @@ class EtcdBackend:
         return name
 
     def lock(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> _ExternalEtcdLock:
+        """The external lock of ``name`` for :func:`fairlock.lockutils.lock` (``lock_file_prefix`` prefixes the name; ``lock_path`` is ignored)."""
         full = self.lock_name(name, lock_file_prefix)
         session = self.session
         with self._mutex:
@@ -100,6 +102,7 @@ class EtcdBackend:
             raise ArgumentTypeError(f"lock_file_prefix must be a str or None, got {type(lock_file_prefix).__name__}")
 
     def close(self) -> None:
+        """Close the session this backend opened (a session given by the caller stays open)."""
         with self._mutex:
             session, self._session = self._session, None
         if session is not None and not isinstance(self._session_or_url, Session):

@@ -126,6 +126,7 @@ def lock_name_from_key(prefix: bytes, key: bytes) -> str | None:
 
 
 def decode_value(kv: KeyValue) -> dict[str, Any]:
+    """The JSON object stored in ``kv``'s value, or an empty dict if it is not one."""
     try:
         value = json.loads(kv.value)
         return value if isinstance(value, dict) else {}
@@ -276,6 +277,12 @@ class EtcdLock:
         return bool(kvs)
 
     def acquire(self, blocking: bool = True, timeout: float | None = -1, lane: str | None = None) -> bool:
+        """Take the lock; True if taken, False on timeout or when non-blocking and busy.
+
+        Threads of this process queue locally first; only the local head queues in etcd. ``lane``
+        overrides the context's :func:`fairlock.lane`. Raises :class:`SessionLost` if the session
+        is lost while waiting.
+        """
         timeout = check_timeout(blocking, timeout)
         if lane is None and not self.lanes.knows(current_lane() or self.lanes.default):
             with self._counters_mutex:
@@ -338,6 +345,11 @@ class EtcdLock:
             setattr(counters, what, getattr(counters, what) + 1)
 
     def release(self) -> None:
+        """Release the lock, handing it to the next waiter in one transaction.
+
+        Raises :class:`LockLost` if the lock was lost while held (the critical section was not
+        protected), after freeing the local lock.
+        """
         if not self._local.owned():
             if self._local.locked():
                 raise NotOwnerError(f"release of {self!r} by a thread that does not hold it")

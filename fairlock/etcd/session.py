@@ -158,14 +158,17 @@ class Session:
 
     @property
     def lost(self) -> bool:
+        """True once the session's lease is known to be gone (expired, revoked, or refused by etcd)."""
         return self._lost_reason is not None
 
     @property
     def lost_reason(self) -> str | None:
+        """Why the session was lost, or None while it is not."""
         return self._lost_reason
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` was called."""
         return self._closed.is_set()
 
     def valid_for(self) -> float:
@@ -195,6 +198,7 @@ class Session:
             raise SessionLost(f"etcd session {self.lease_id:x} is closed")
 
     def register(self, lock: Any) -> None:
+        """Tell ``lock`` (an EtcdLock of this session) when the session is lost or closed."""
         with self._mutex:
             self._locks.add(lock)
 

@@ -90,11 +90,13 @@ class Report:
 
     @property
     def ok(self) -> bool:
+        """True if no rule was broken."""
         return not (self.overlaps or self.token_regressions or self.fifo_violations
                     or self.writes_after_lost
                     or (self.max_bypass is not None and self.max_overtaken > self.max_bypass))
 
     def summary(self) -> str:
+        """The verdict and every count in one line."""
         verdict = "clean" if self.ok else "VIOLATIONS"
         bound = "" if self.max_bypass is None else f" (K={self.max_bypass})"
         return (f"{verdict}: {self.grants} grants, {self.overlaps} overlaps, "

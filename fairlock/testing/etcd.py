@@ -337,6 +337,7 @@ class EtcdServer:
 
     @property
     def scheme(self) -> str:
+        """``https`` with TLS, else ``http``."""
         return "https" if self.tls else "http"
 
     @property
@@ -346,6 +347,7 @@ class EtcdServer:
 
     @property
     def peer_url(self) -> str:
+        """The URL other members reach this one at (cluster traffic)."""
         return f"http://127.0.0.1:{self.peer_port}"
 
     def url(self, prefix: str = "", **params: object) -> str:
@@ -373,6 +375,7 @@ class EtcdServer:
 
     @property
     def pid(self) -> int | None:
+        """The etcd process id, None when it is not running."""
         return self._proc.pid if self._proc is not None else None
 
     @property
@@ -382,6 +385,7 @@ class EtcdServer:
 
     @property
     def paused(self) -> bool:
+        """True while the process is stopped by SIGSTOP (see ``pause``)."""
         return self._paused and self.running
 
     def __repr__(self) -> str:
@@ -493,9 +497,11 @@ class EtcdServer:
                      timeout=timeout, token=token)
 
     def member_id(self) -> int:
+        """This member's id, as etcd reports it."""
         return int(self.status()["header"]["member_id"])
 
     def status(self, timeout: float = 1.0) -> dict[str, Any]:
+        """etcd's ``maintenance/status`` answer (leader, raft term, db size, ...)."""
         return self.post("maintenance/status", {}, timeout=timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -556,6 +562,7 @@ class EtcdServer:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def log_tail(self, chars: int = 3000) -> str:
+        """The last ``chars`` characters of the server's log, for failure messages."""
         try:
             with open(self.log_path, "rb") as fh:
                 fh.seek(0, os.SEEK_END)
@@ -627,14 +634,17 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list[str]:
+        """Every member's client endpoint, in member order."""
         return [m.endpoint for m in self.members]
 
     def url(self, prefix: str = "", **params: object) -> str:
+        """A fairlock etcd URL naming every member (see ``fairlock.etcd.config.parse_url``)."""
         first = self.members[0].url(prefix, **params)
         hosts = ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
         return first.replace(f"127.0.0.1:{self.members[0].client_port}", hosts, 1)
 
     def start(self) -> EtcdCluster:
+        """Start every member, then wait until each is ready."""
         for member in self.members:  # all first: none is healthy before a quorum runs
             member.spawn()
         for member in self.members:
@@ -642,18 +652,23 @@ class EtcdCluster:
         return self
 
     def stop_member(self, i: int) -> None:
+        """Stop member ``i`` (SIGTERM); its data stays, ``start_member`` brings it back."""
         self.members[i].stop()
 
     def start_member(self, i: int) -> None:
+        """Start member ``i`` again on its data dir."""
         self.members[i].start()
 
     def kill_member(self, i: int) -> None:
+        """SIGKILL member ``i``."""
         self.members[i].kill()
 
     def pause_member(self, i: int) -> None:
+        """SIGSTOP member ``i`` (it stops answering without closing connections)."""
         self.members[i].pause()
 
     def resume_member(self, i: int) -> None:
+        """SIGCONT member ``i``."""
         self.members[i].resume()
 
     def leader(self, timeout: float = 10.0) -> int:
@@ -689,6 +704,7 @@ class EtcdCluster:
             member.wait_ready()
 
     def close(self) -> None:
+        """Stop every member and remove the data dirs; idempotent."""
         for member in self.members:
             member.close()
         shutil.rmtree(self.base_dir, ignore_errors=True)

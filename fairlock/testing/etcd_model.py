@@ -109,6 +109,7 @@ class EtcdModel:
     # -- clock and leases --
 
     def now(self) -> float:
+        """The model's clock (seconds)."""
         return self._manual + (self._clock() if self._clock is not None else 0.0)
 
     def advance(self, seconds: float) -> None:
@@ -235,6 +236,7 @@ class EtcdModel:
 
     def txn(self, compare: Sequence[Compare], success: Sequence[Put | Delete | Range],
             failure: Sequence[Put | Delete | Range] = ()) -> TxnResult:
+        """A transaction, as :meth:`fairlock.etcd.transport.Transport.txn`."""
         with self._mutex:
             self._expire_due()
             for c in compare:
@@ -272,6 +274,7 @@ class EtcdModel:
                              responses=tuple(responses))
 
     def get_range(self, key: bytes, range_end: bytes | None = None) -> tuple[int, list[KeyValue]]:
+        """Keys from ``key`` (to ``range_end``), as :meth:`fairlock.etcd.transport.Transport.get_range`."""
         _check_bytes("key", key)
         if range_end is not None:
             _check_bytes("range_end", range_end)
@@ -280,6 +283,7 @@ class EtcdModel:
             return self.revision, list(self._range(key, range_end, self._kvs))
 
     def lease_grant(self, ttl: int) -> tuple[int, int]:
+        """A new lease of ``ttl`` seconds, as :meth:`fairlock.etcd.transport.Transport.lease_grant`."""
         if isinstance(ttl, bool) or not isinstance(ttl, int):
             raise ArgumentTypeError("ttl must be an int number of seconds")
         if ttl < 1:
@@ -293,6 +297,7 @@ class EtcdModel:
             return lease_id, ttl
 
     def lease_keepalive(self, lease_id: int) -> int:
+        """Refresh a lease, as :meth:`fairlock.etcd.transport.Transport.lease_keepalive`."""
         with self._mutex:
             self._expire_due()
             lease = self._leases.get(lease_id)
@@ -302,12 +307,14 @@ class EtcdModel:
             return lease.ttl
 
     def lease_revoke(self, lease_id: int) -> None:
+        """Revoke a lease and delete its keys, as :meth:`fairlock.etcd.transport.Transport.lease_revoke`."""
         with self._mutex:
             self._expire_due()
             self._revoke(lease_id)
 
     def watch(self, key: bytes, start_revision: int, range_end: bytes | None = None, *,
               no_put: bool = False, wakeup: Any = None) -> _ModelWatch:
+        """Watch keys from ``start_revision``, as :meth:`fairlock.etcd.transport.Transport.watch`."""
         _check_bytes("key", key)
         if range_end is not None:
             _check_bytes("range_end", range_end)

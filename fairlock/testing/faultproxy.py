@@ -233,6 +233,7 @@ class FaultProxy:
 
     @property
     def address(self) -> tuple[str, int]:
+        """``(host, port)`` the proxy listens on: what a client connects to instead of etcd."""
         return ("127.0.0.1", self.port)
 
     @property
@@ -298,6 +299,7 @@ class FaultProxy:
         self._change(_replace=_Faults())
 
     def stats(self) -> FaultStats:
+        """What the proxy has done so far (connections, bytes, faults), as a :class:`FaultStats`."""
         with self._cond:
             s = dict(self._stats)
             open_now = len(self._conns)
