@@ -88,10 +88,11 @@ class _LockutilsHandle:
         self.lock = self.semaphores.get(self.name)
         self._held: dict[int, list[Any]] = {}
 
+    external = False
+
     def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool:
-        manager = self.lockutils.lock(
-            self.name, semaphores=self.semaphores, do_log=False, blocking=blocking, timeout=timeout, lane=lane
-        )
+        manager = self.lockutils.lock(self.name, semaphores=self.semaphores, external=self.external, do_log=False,
+                                      blocking=blocking, timeout=timeout, lane=lane)
         try:
             manager.__enter__()
         except self.lockutils.AcquireLockFailedException:
@@ -220,47 +221,26 @@ def _etcd_waiters(session: Any, name: str) -> int:
     return len(kvs)
 
 
-class _LockutilsExternalHandle:
+class _LockutilsExternalHandle(_LockutilsHandle):
     """``fairlock.lockutils.lock(name, external=True)`` with the etcd backend: every thread queues
     in the process's internal lock, then its one etcd waiter queues in etcd (as in nova with
     ``[oslo_concurrency] fairlock_backend_url`` set)."""
 
+    external = True
+
     def __init__(self, lanes: Sequence[str]) -> None:
-        from fairlock import lockutils
         from fairlock.etcd import Session
         from fairlock.etcd.backend import EtcdBackend
         from fairlock.etcd.gateway import GatewayTransport
 
-        server = etcd_server()
-        self.lockutils = lockutils
-        self.name = f"generic-{next(_names)}"
-        self.session = Session(GatewayTransport([server.endpoint], timeout=10.0), ttl=10,
+        super().__init__(lanes)
+        self.session = Session(GatewayTransport([etcd_server().endpoint], timeout=10.0), ttl=10,
                                prefix=f"/fairlock-kinds/{uuid.uuid4().hex[:8]}")
-        self.backend = EtcdBackend(self.session, lanes=tuple(lanes))
-        self.semaphores = lockutils.Semaphores(lanes=tuple(lanes))
-        self._held: dict[int, list[Any]] = {}
         # Process-wide, as the config option is; put back by close() at the end of the test.
-        self._previous = lockutils.set_external_backend(self.backend)
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool:
-        manager = self.lockutils.lock(self.name, semaphores=self.semaphores, external=True, do_log=False,
-                                      blocking=blocking, timeout=timeout, lane=lane)
-        try:
-            manager.__enter__()
-        except self.lockutils.AcquireLockFailedException:
-            return False
-        self._held.setdefault(threading.get_ident(), []).append(manager)
-        return True
-
-    def release(self) -> None:
-        held = self._held.get(threading.get_ident())
-        if not held:
-            self.semaphores.get(self.name).release()  # not held by this thread: raises as the lock does
-            return
-        held.pop().__exit__(None, None, None)
+        self._previous = self.lockutils.set_external_backend(EtcdBackend(self.session, lanes=tuple(lanes)))
 
     def waiting(self) -> int:
-        return self.semaphores.get(self.name).statistics().waiting + _etcd_waiters(self.session, self.name)
+        return super().waiting() + _etcd_waiters(self.session, self.name)
 
     def close(self) -> None:
         self.lockutils.set_external_backend(self._previous)
