@@ -122,6 +122,7 @@ class ReaderWriterLock:
         return self._queue.mode
 
     def locked(self) -> bool:
+        """True if anyone holds the lock now, reading or writing."""
         return self._queue.mode is not None
 
     def waiting(self) -> int:

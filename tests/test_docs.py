@@ -70,7 +70,7 @@ API_MODULES = [
     "fairlock.lockutils", "fairlock.fixture.lockutils", "fairlock.tooz_driver", "fairlock.etcd",
     "fairlock.etcd.lock", "fairlock.etcd.session", "fairlock.etcd.backend", "fairlock.testing.etcd",
     "fairlock.testing.faultproxy", "fairlock.testing.etcd_model", "fairlock.testing.checker",
-    "fairlock._core.queue", "fairlock._core.lanes",
+    "fairlock._core.queue", "fairlock._core.lanes", "fairlock.rwlock", "fairlock._core.rwqueue",
 ]
 
 

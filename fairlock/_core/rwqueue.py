@@ -74,9 +74,11 @@ class RWQueue:
 
     @property
     def owners(self) -> frozenset[int]:
+        """The tickets holding the lock now (several readers, or one writer)."""
         return frozenset(self._owners)
 
     def owns(self, ticket: int) -> bool:
+        """True if ``ticket`` holds the lock now."""
         return ticket in self._owners
 
     def __len__(self) -> int:
@@ -89,6 +91,7 @@ class RWQueue:
 
     @property
     def queued_writers(self) -> int:
+        """How many queued tickets want to write."""
         return self._queued_writers
 
     def grantable(self, mode: Mode) -> bool:
