@@ -3,11 +3,14 @@
 ``examples/nova_16vif_timeout.py`` simulates nova. This script runs nova: the compute manager,
 the neutron network API and the ``refresh_cache-<uuid>`` lock of the nova release installed in
 the interpreter that runs it (``tools/nova_venv.sh`` makes ``.venv-nova`` with ``nova==34.0.0``),
-under the "today" storm of the demo: event handlers queue on one instance's lock faster than
-refreshes finish, and the migration's ``pre_live_migration`` arrives behind ~50 of them.
+under a shorter form of the demo's "today" storm (96 "network-changed" messages, 8 a second,
+one event each, for one instance with 16 ports; a neutron call takes 0.3 s): event handlers
+queue on the instance's lock faster than refreshes finish, and ``pre_live_migration``, sent 7 s
+in, arrives behind ~55 of them. Every time is scaled by ``--scale`` and reported back in nova
+seconds.
 
     tools/nova_venv.sh                                   # once: .venv-nova with nova 34 and fairlock
-    .venv-nova/bin/python examples/nova_real_code.py     # ~2 min: every variant, a table
+    .venv-nova/bin/python examples/nova_real_code.py     # ~75 s: every variant, a table
     .venv-nova/bin/python examples/nova_real_code.py --variants oslo,fairlock --json
 
 **nova's code, unmodified** (imported from the installed nova): ``ComputeManager`` built by
@@ -39,11 +42,18 @@ up; nova's notifications (to nova's test notifier).
   ``nova.network.neutron.lockutils`` becomes ``fairlock.lockutils`` (the import swap), and
   ``ComputeManager.pre_live_migration`` runs inside ``fairlock.lane('migration')`` (the doc puts
   the decorator innermost; the lane is set for the whole call, so the place makes no
-  difference to which lane the lock sees).
+  difference to which lane the lock sees). For coalescing, ``API.get_instance_nw_info`` is
+  replaced by the doc's coalesced version: nova's three-line body without its ``with
+  lockutils.lock(...)``, under ``coalesce.coalesced`` with the doc's key and covers functions.
 
 Variants: ``oslo`` (nova as released), ``oslo-fair`` (nova with ``fair=True`` on the
 ``refresh_cache-<uuid>`` lock, what oslo offers today), ``fifo`` (the import swap alone),
-``fairlock`` (the import swap and the lane: the change of doc/source/nova.rst).
+``fairlock`` (the import swap and the lane: the change of doc/source/nova.rst), ``coalesce``
+(that and the doc's coalescing of ``get_instance_nw_info``).
+
+Observation only, no effect on the order: wrappers around ``API.get_instance_nw_info`` and
+``API._get_instance_nw_info`` (which runs under the lock) record who asked and who refreshed
+when, and the harness marks its pool threads "handler" or "migration".
 
 What a wait past ``rpc_response_timeout`` means in nova 34: ``pre_live_migration`` is sent with
 ``long_rpc_timeout`` (1800 s) and a call monitor of ``rpc_response_timeout``; once a pool thread
@@ -87,15 +97,19 @@ from oslo_concurrency import lockutils as oslo_lockutils  # noqa: E402
 from sqlalchemy import exc as sqlalchemy_exc  # noqa: E402
 
 import fairlock  # noqa: E402
+from fairlock import coalesce  # noqa: E402
 from fairlock import lockutils as fair_lockutils  # noqa: E402
 
-VARIANTS = ("oslo", "oslo-fair", "fifo", "fairlock")
+VARIANTS = ("oslo", "oslo-fair", "fifo", "fairlock", "coalesce")
 VARIANT_LABELS = {
     "oslo": "nova as released (oslo lock)",
     "oslo-fair": "oslo lock, fair=True",
     "fifo": "fairlock import only (FIFO)",
     "fairlock": "fairlock import + migration lane",
+    "coalesce": "fairlock + lane + coalescing",
 }
+FAIRLOCK_VARIANTS = ("fifo", "fairlock", "coalesce")
+LANE_VARIANTS = ("fairlock", "coalesce")
 NEUTRON_CALLS = (
     "list_ports", "show_port", "list_networks", "show_network", "list_subnets", "show_subnet",
     "list_floatingips", "list_security_groups", "list_extensions", "update_port",
@@ -145,6 +159,38 @@ class _FairOslo:
         return oslo_lockutils.lock(name, *args, fair=True, **kwargs)
 
 
+# -- the coalescing change of doc/source/nova.rst, as written there -------------------------------
+
+
+def _refresh_cache_lock(self, context, instance, **kwargs):
+    return fair_lockutils.internal_lock("refresh_cache-%s" % instance.uuid)
+
+
+def _nw_info_key(self, context, instance, refresh_vif_id=None, force_refresh=False, **kwargs):
+    # networks=, port_ids=, admin_client=, preexisting_port_ids= make a
+    # call unlike any other: it runs on its own, as before.
+    if kwargs:
+        return coalesce.ALONE
+    return "force" if force_refresh else refresh_vif_id  # None: full
+
+
+def _nw_info_covers(run_key, call_key):
+    # A forced refresh serves everyone, a full one every port refresh.
+    return run_key == "force" or run_key == call_key or (run_key is None and call_key != "force")
+
+
+def _coalesced_get_instance_nw_info():
+    @coalesce.coalesced(_refresh_cache_lock, key=_nw_info_key, covers=_nw_info_covers)
+    def get_instance_nw_info(self, context, instance, **kwargs):
+        """Returns all network info related to an instance."""
+        # Runs holding refresh_cache-<uuid>, taken by the decorator.
+        result = self._get_instance_nw_info(context, instance, **kwargs)
+        neutron_api.update_instance_cache_with_nw_info(self, context, instance, nw_info=result)
+        return result
+
+    return get_instance_nw_info
+
+
 class Storm(test.TestCase):
     """One variant: built and run by :func:`run_variant` (a nova TestCase: nova's fixtures)."""
 
@@ -168,9 +214,11 @@ class Storm(test.TestCase):
 
         if p.variant == "oslo-fair":
             self.stub_out("nova.network.neutron.lockutils", _FairOslo())
-        elif p.variant in ("fifo", "fairlock"):
+        elif p.variant in FAIRLOCK_VARIANTS:
             self.stub_out("nova.network.neutron.lockutils", fair_lockutils)  # the import swap
-        if p.variant == "fairlock":
+        if p.variant == "coalesce":
+            self.stub_out("nova.network.neutron.API.get_instance_nw_info", _coalesced_get_instance_nw_info())
+        if p.variant in LANE_VARIANTS:
             # @fairlock.lane('migration') on ComputeManager.pre_live_migration
             self.stub_out(
                 "nova.compute.manager.ComputeManager.pre_live_migration",
@@ -179,7 +227,8 @@ class Storm(test.TestCase):
 
         # Observation only: when each refresh ran under the lock, and who asked.
         refreshes = []  # [who, kind, start, end, neutron calls]
-        waits = []  # event handlers: (asked, refresh started)
+        waits = []  # event handlers: (asked, refresh started or shared result returned)
+        calls = []  # one entry per get_instance_nw_info call
         asks = {}
         local = WHO
         original_refresh = neutron_api.API._get_instance_nw_info
@@ -195,6 +244,7 @@ class Storm(test.TestCase):
             refreshes.append(entry)
             if entry[0] == "handler":
                 waits.append((local.asked, entry[2]))
+                local.ran = True
             try:
                 return original_refresh(api, context, inst, *args, **kwargs)
             finally:
@@ -203,11 +253,18 @@ class Storm(test.TestCase):
 
         def observed_get(api, context, inst, **kwargs):
             asked_at = now()
+            ran_before = len(refreshes)
             if getattr(local, "who", None) == "migration":
                 asks["migration"] = asked_at
             else:
                 local.asked = asked_at
-            return original_get(api, context, inst, **kwargs)
+                local.ran = False
+            try:
+                return original_get(api, context, inst, **kwargs)
+            finally:
+                calls.append(ran_before)
+                if getattr(local, "who", None) == "handler" and not local.ran:
+                    waits.append((asked_at, now()))  # served by a shared refresh: waited until now
 
         self.stub_out("nova.network.neutron.API._get_instance_nw_info", observed_refresh)
         self.stub_out("nova.network.neutron.API.get_instance_nw_info", observed_get)
@@ -221,8 +278,6 @@ class Storm(test.TestCase):
 
         def handle_event_message(index, port_id):
             local.who = "handler"
-            if migration_done.is_set() and p.stop_after_migration:
-                return  # the storm is cut once the migration is measured (to end the run early)
             event = objects.InstanceExternalEvent(
                 name="network-changed", tag=port_id, instance_uuid=instance.uuid, status="completed")
             compute.external_instance_event(ctxt, [copies[index]], [event])
@@ -244,6 +299,7 @@ class Storm(test.TestCase):
         t0_box.append(time.monotonic())
         refreshes.clear()
         waits.clear()
+        calls.clear()
         neutron_calls_before = neutron.calls
         schedule = sorted(
             [(i * p.batch_interval, 0, i) for i in range(len(events))] + [(p.migration_at, 1, None)]
@@ -255,8 +311,6 @@ class Storm(test.TestCase):
             delay = t0_box[0] + at * scale - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            if migration_done.is_set() and p.stop_after_migration:
-                break
             if is_migration:
                 sent = now()
                 migration = executor.submit(handle_pre_live_migration)
@@ -283,6 +337,8 @@ class Storm(test.TestCase):
             "overtaken": overtaken,
             "refreshes_before": sum(1 for r in refreshes if r[2] < asked),
             "events_handled": len(handled),
+            "refreshes": len(refreshes),
+            "calls": len(calls),
             "neutron_calls": neutron.calls - neutron_calls_before,
             "migration_refresh": (served[0][3] - start) / scale,
             "migration_refresh_calls": served[0][4],
@@ -366,7 +422,7 @@ def build_parser():
     )
     ap.add_argument("--variants", type=_variants, default=list(VARIANTS), help=",".join(VARIANTS))
     ap.add_argument("--vifs", type=_positive(int), default=16, help="ports of the instance")
-    ap.add_argument("--events-per-vif", type=_positive(int), default=12, help="network-changed events per port")
+    ap.add_argument("--events-per-vif", type=_positive(int), default=6, help="network-changed events per port")
     ap.add_argument("--batch-interval", type=_positive(float), default=0.125, help="s between event messages")
     ap.add_argument("--call-time", type=_positive(float), default=0.3, help="s per neutron call")
     ap.add_argument("--migration-at", type=_positive(float), default=7.0, help="pre_live_migration sent at (s)")
@@ -374,8 +430,6 @@ def build_parser():
     ap.add_argument("--handlers", type=_positive(int), default=64, help="executor_thread_pool_size")
     ap.add_argument("--scale", type=_positive(float), default=0.05, help="real seconds per nova second")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
-    ap.add_argument("--full-storm", dest="stop_after_migration", action="store_false",
-                    help="send every event even after the migration returned (longer)")
     return ap
 
 
@@ -397,18 +451,19 @@ def print_table(rows, p):
     events = p.vifs * p.events_per_vif
     print(
         f"nova {nova_version()} (native threads), its ComputeManager and neutron API; a pool of "
-        f"{p.handlers} threads; {p.vifs} ports, up to {events} network-changed messages "
+        f"{p.handlers} threads; {p.vifs} ports, {events} network-changed messages "
         f"{p.batch_interval:g} s apart (one event each); neutron (NeutronFixture) {p.call_time:g} s a "
         f"call; pre_live_migration sent at {p.migration_at:g} s; rpc_response_timeout "
         f"{p.rpc_timeout:g} s; scale {p.scale:g} (times below in nova seconds)."
     )
     header = ("variant", "pool wait", "queued", "lock wait", "overtaken", "call", "> rpc timeout",
-              "port refresh", "full refresh")
+              "neutron calls", "refreshes", "port refresh", "full refresh")
     lines = [
         (
             VARIANT_LABELS[r["variant"]], f"{r['pool_wait']:.1f} s", str(r["queued"]), f"{r['wait']:.1f} s",
             str(r["overtaken"]),
-            f"{r['call']:.1f} s", "TIMEOUT" if r["timeout"] else "ok",
+            f"{r['call']:.1f} s", "TIMEOUT" if r["timeout"] else "ok", str(r["neutron_calls"]),
+            f"{r['refreshes']}/{r['calls']}",
             f"{r['port_refresh']:.1f} s, {r['port_refresh_calls']} calls",
             f"{r['migration_refresh']:.1f} s, {r['migration_refresh_calls']} calls",
         )
@@ -428,12 +483,17 @@ def print_table(rows, p):
             "ok with " + ", ".join(ok) if ok else "",
         ) if part
     )
+    by = {r["variant"]: r for r in rows}
+    if "fairlock" in by and "coalesce" in by:
+        verdict += (f"; coalescing: {by['fairlock']['neutron_calls'] / max(1, by['coalesce']['neutron_calls']):.1f}x"
+                    " fewer neutron calls")
     print(f"nova's code: {verdict}.")
     print(
         "pool wait: pre_live_migration waiting for a pool thread. queued: event handlers waiting for the lock when pre_live_migration asked for it. lock wait:"
         " from its get_instance_nw_info call to the start of its refresh. overtaken: event refreshes"
-        " that started in between. call: pre_live_migration, from submission to return. port/full"
-        " refresh: median hold of an event's refresh, and the migration's, with their neutron calls."
+        " that started in between. call: pre_live_migration, from submission to return. neutron calls:"
+        " the whole storm's. refreshes: refresh runs / get_instance_nw_info calls. port/full refresh:"
+        " median hold of an event's refresh, and the migration's, with their neutron calls."
     )
 
 
