@@ -29,7 +29,7 @@ from ._core import DEFAULT_MAX_BYPASS, FairQueue, Lanes
 import threading as _threading
 
 from ._primitives import new_parker, thread_name
-from .context import current_lane, resolve_lane
+from .context import current_lane, note_unknown_lane, resolve_lane
 from .errors import (
     AcquireTimeout,
     ArgumentTypeError,
@@ -266,6 +266,8 @@ class Lock:
         # A context lane this lock does not know is a hint for other locks: use the default
         # (counted as a lane typo: with lockutils every lock has the same lanes).
         typo = lane is None and not self.lanes.knows(current_lane() or self.lanes.default)
+        if typo:
+            note_unknown_lane(self.lanes, self.name)
         lane = resolve_lane(self.lanes, lane)
         parker = new_parker()
         with self._mutex:

@@ -51,7 +51,7 @@ from urllib.parse import quote, unquote
 import threading as _threading
 
 from .._core import DEFAULT_MAX_BYPASS, Lanes, WaiterState, check_max_bypass, plan_grant
-from ..context import current_lane, resolve_lane
+from ..context import current_lane, note_unknown_lane, resolve_lane
 from ..history import ETCD as _HISTORY
 from ..errors import ArgumentTypeError, InvalidArgumentError, NotHeldError, NotOwnerError
 from ..local import Lock, check_name, check_timeout
@@ -287,6 +287,7 @@ class EtcdLock:
         if lane is None and not self.lanes.knows(current_lane() or self.lanes.default):
             with self._counters_mutex:
                 self._lane_typos[0] += 1
+            note_unknown_lane(self.lanes, self.name)
         lane = resolve_lane(self.lanes, lane)
         self.session.check()
         start = self._clock()
