@@ -23,20 +23,29 @@ from typing import Any
 __all__ = ["VARIANTS", "make_client"]
 
 #: Adapter name -> what it is (the row labels live in benchmarks.etcd).
-VARIANTS = ("fairlock", "tooz", "tooz-fairlock", "etcd3", "v3lock", "broken")
+VARIANTS = ("fairlock", "fairlock-grpc", "tooz", "tooz-fairlock", "etcd3", "v3lock", "broken")
 
 #: The anchors' lease TTL (tooz's default lock_timeout; python-etcd3's default is 60).
 ANCHOR_TTL = 30
 
 
 class _Fairlock:
-    """fairlock's EtcdLock, one Session (one lease) per client, through a counting transport."""
+    """fairlock's EtcdLock, one Session (one lease) per client, through a counting transport
+    (over etcd's HTTP gateway, or over gRPC with ``grpc=True``)."""
 
-    def __init__(self, endpoint: str, name: str, lanes: list[str] | None, max_bypass: int | None) -> None:
+    def __init__(self, endpoint: str, name: str, lanes: list[str] | None, max_bypass: int | None,
+                 grpc: bool = False) -> None:
         from fairlock.etcd import EtcdLock, Session
-        from fairlock.etcd.gateway import GatewayTransport
 
-        self._transport = _ticketing(GatewayTransport([endpoint], timeout=10.0))
+        if grpc:
+            from fairlock.etcd.grpc import GrpcTransport
+
+            inner: Any = GrpcTransport([endpoint], timeout=10.0)
+        else:
+            from fairlock.etcd.gateway import GatewayTransport
+
+            inner = GatewayTransport([endpoint], timeout=10.0)
+        self._transport = _ticketing(inner)
         self.session = Session(self._transport, ttl=10, prefix="/bench")
         kwargs: dict[str, Any] = {"max_bypass": max_bypass}
         if lanes:
@@ -287,6 +296,8 @@ def make_client(variant: str, endpoint: str, name: str, member: str, *,
                 lanes: list[str] | None = None, max_bypass: int | None = 4) -> Any:
     if variant == "fairlock":
         return _Fairlock(endpoint, name, lanes, max_bypass)
+    if variant == "fairlock-grpc":
+        return _Fairlock(endpoint, name, lanes, max_bypass, grpc=True)
     if variant == "tooz":
         return _Tooz(endpoint, name, member)
     if variant == "tooz-fairlock":

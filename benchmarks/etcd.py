@@ -42,21 +42,35 @@ from ._etcd_tables import render
 from ._args import json_file, positive_int, seconds
 from ._report import Table, machine, progress
 
-__all__ = ["HELP", "add_arguments", "run", "FAIRLOCK", "TOOZ", "TOOZ_FAIRLOCK", "ETCD3", "ETCD3_FORK", "V3LOCK", "LABELS"]
+__all__ = ["HELP", "add_arguments", "run", "FAIRLOCK", "FAIRLOCK_GRPC", "TOOZ", "TOOZ_FAIRLOCK", "ETCD3", "ETCD3_FORK", "V3LOCK", "LABELS"]
 
 HELP = "fairlock's EtcdLock vs tooz, python-etcd3 and etcd's lock service; the fencing checker"
 
 FAIRLOCK = "fairlock EtcdLock"
+FAIRLOCK_GRPC = "fairlock EtcdLock gRPC"
 TOOZ = "tooz etcd3gw"
 TOOZ_FAIRLOCK = "tooz fairlock+etcd3+http"
 ETCD3 = "python-etcd3 0.12.0"
 ETCD3_FORK = "python-etcd3 fork"
 V3LOCK = "etcd v3lock"
-LABELS = (FAIRLOCK, TOOZ, TOOZ_FAIRLOCK, ETCD3, ETCD3_FORK, V3LOCK)
+LABELS = (FAIRLOCK, FAIRLOCK_GRPC, TOOZ, TOOZ_FAIRLOCK, ETCD3, ETCD3_FORK, V3LOCK)
 
 #: The forks of python-etcd3 that install the same ``etcd3`` module and run on current protobuf.
 _FORKS = ("cslab-etcd3", "python3-etcd3", "etcd3-fc", "etcd3-fork", "etcd3-rs")
 LANES = ["high", "normal"]
+
+
+#: ``--only`` names -> row labels.
+_SHORT = {"fairlock": FAIRLOCK, "fairlock-grpc": FAIRLOCK_GRPC, "tooz": TOOZ, "tooz-fairlock": TOOZ_FAIRLOCK,
+          "etcd3": ETCD3, "etcd3-fork": ETCD3_FORK, "v3lock": V3LOCK}
+
+
+def _variant_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in _SHORT]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {unknown or text!r}; choose from {', '.join(_SHORT)}")
+    return [_SHORT[n] for n in names]
 
 
 def _etcd_url(text: str) -> str:
@@ -89,6 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--endpoint", type=_endpoint, help="use this etcd (http://HOST:PORT) instead of starting one")
     where.add_argument("--url", type=_etcd_url, help="use this etcd, as an etcd3+http://HOST:PORT URL")
+    parser.add_argument("--only", type=_variant_list, metavar="VARIANTS",
+                        help="run only these variants, comma-separated, of: " + ", ".join(_SHORT))
     parser.add_argument("--etcd3-python", metavar="PYTHON",
                         help="an interpreter whose venv has python-etcd3 0.12.0 (with protobuf<4, "
                              "tenacity<7) for the python-etcd3 0.12.0 row")
@@ -133,6 +149,10 @@ def targets(args: argparse.Namespace) -> tuple[list[Target], dict[str, str]]:
         runnable.append(Target(FAIRLOCK, "fairlock", here, "", fencing=True))
     else:
         missing[FAIRLOCK] = "requests is not installed (pip install fairlock[etcd])"
+    if probe(here, "pyetcd").get("ok"):
+        runnable.append(Target(FAIRLOCK_GRPC, "fairlock-grpc", here, "fairlock's GrpcTransport", fencing=True))
+    else:
+        missing[FAIRLOCK_GRPC] = "the grpc extra is not installed (pip install fairlock[grpc])"
     tooz = probe(here, "tooz")
     if tooz.get("ok") and probe(here, "etcd3gw").get("ok"):
         runnable.append(Target(TOOZ, "tooz", here, f"tooz {tooz['versions'].get('tooz', '?')}"))
@@ -166,6 +186,10 @@ def targets(args: argparse.Namespace) -> tuple[list[Target], dict[str, str]]:
     runnable.append(Target(V3LOCK, "v3lock", here, "etcd's v3lock service via the HTTP gateway"))
     order = {label: i for i, label in enumerate(LABELS)}
     runnable.sort(key=lambda t: order[t.label])
+    only = getattr(args, "only", None)
+    if only:
+        runnable = [t for t in runnable if t.label in only]
+        missing = {label: why for label, why in missing.items() if label in only}
     return runnable, missing
 
 
@@ -218,6 +242,7 @@ def _command_line(args: argparse.Namespace) -> str:
     parts = ["python -m fairlock bench etcd", f"--reps {args.reps}", f"--waiters {args.waiters}"]
     for flag, value in (("--quick", args.quick), ("--processes", args.processes), ("--seconds", args.seconds),
                         ("--endpoint", args.endpoint), ("--url", args.url),
+                        ("--only", ",".join(k for k, v in _SHORT.items() if v in (args.only or ()))),
                         ("--etcd3-python", args.etcd3_python)):
         if value is True:
             parts.append(flag)

@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import _primitives
-from ._core import DEFAULT_MAX_BYPASS, FairQueue, Lanes
+from ._core import DEFAULT_MAX_BYPASS, FairQueue, Lanes, Policy
 import threading as _threading
 
 from ._primitives import new_parker, thread_name
@@ -419,6 +419,17 @@ class Lock:
     def max_bypass(self) -> int | None:
         """K: how many times a waiter may be overtaken by later, higher-lane waiters (None: unbounded)."""
         return self._queue.max_bypass
+
+    @property
+    def policy(self) -> Policy:
+        """The lanes and K this lock's grants follow (:class:`fairlock._core.Policy`)."""
+        return self._queue.policy
+
+    def carried_lane(self, lane: str) -> str:
+        """The lane the owner's request elsewhere carries for itself (in ``lane``) and the threads
+        queued behind it here: the etcd lock's second level asks this (the core decides)."""
+        with self._mutex:
+            return self._queue.carried_lane(lane)
 
     def statistics(self) -> LockStatistics:
         """A consistent snapshot: holder, queue in grant order, grants, and per-lane figures."""

@@ -12,7 +12,7 @@ Then it checks.
 What is checked, and from where:
 
 1. **The etcd history** (every revision under the prefix, read from a watch, each revision
-   attributed to its writer): every grant is exactly ``plan_grant`` of the waiters present just
+   attributed to its writer): every grant is exactly ``decide`` on the waiters present just
    before it (so FIFO within a lane, the K rule, the overtaken counts written); a handoff is
    written only by the current owner, an uncontended grant only on a free lock with no waiter, a
    free only with no waiter queued; nobody deletes or rewrites another process's waiter key
@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fairlock._core import Lanes, WaiterState, plan_grant
+from fairlock._core import Lanes, Policy, decide
 from fairlock.etcd import EtcdLock, LockLost, Session, SessionLost
 from fairlock.etcd.lock import decode_value, lock_keys
 from fairlock.testing.etcd_model import EtcdModel, ModelTransport
@@ -336,25 +336,29 @@ class HistoryCheck:
         states = []
         for kv in waiters:
             v = decode_value(kv)
-            states.append(WaiterState(kv.create_revision, v["lane"], v["overtaken"]))
-        plan = plan_grant(self.lanes, self.max_bypass, states)
+            states.append((kv.create_revision, v["lane"], v["overtaken"]))  # well-formed, or KeyError
+        policy = Policy(self.lanes, self.max_bypass)
+        snap = policy.snapshot((kv.create_revision, decode_value(kv)) for kv in waiters)
+        assert snap.damaged == () and snap.waiters() == sorted(states), f"{where}: stored state {states}"
+        plan = decide(policy, snap.queue)
         assert plan is not None
+        overtaken = dict(plan.overtaken)
         chosen = next(kv for kv in waiters if kv.create_revision == plan.ticket)
         assert value.get("waiter") == chosen.key.decode(), \
             f"{where}: granted {value.get('waiter')}, the rule chooses {chosen.key.decode()} (waiters {states})"
         assert new.lease == chosen.lease, f"{where}: the owner key is not on the chosen waiter's lease"
         assert value.get("lane") == plan.lane, f"{where}: owner lane {value.get('lane')}, plan {plan.lane}"
-        for s in states:  # FIFO within the lane (implied by the plan; said separately for the message)
-            assert not (s.lane == plan.lane and s.ticket < plan.ticket), \
-                f"{where}: {plan.ticket} granted before the older {s.ticket} of lane {plan.lane}"
+        for ticket, lane, _ in states:  # FIFO within the lane (implied by the plan; said separately)
+            assert not (lane == plan.lane and ticket < plan.ticket), \
+                f"{where}: {plan.ticket} granted before the older {ticket} of lane {plan.lane}"
         expected = {(chosen.key, "DELETE")}
         by_ticket = {kv.create_revision: kv for kv in waiters}
-        expected |= {(by_ticket[t].key, "PUT") for t in plan.overtaken}
+        expected |= {(by_ticket[t].key, "PUT") for t in overtaken}
         got = {(ev.kv.key, ev.type) for ev in evs if ev.kv.key != OWNER_KEY}
         assert got == expected, f"{where}: grant wrote {sorted(got)}, the plan writes {sorted(expected)}"
         for ev in evs:
             if ev.type == "PUT" and ev.kv.key != OWNER_KEY:
-                assert decode_value(ev.kv)["overtaken"] == plan.overtaken[ev.kv.create_revision]
+                assert decode_value(ev.kv)["overtaken"] == overtaken[ev.kv.create_revision]
         chosen_info = self.waiters.pop(chosen.key)
         k = self.max_bypass
         for key, info in self.waiters.items():

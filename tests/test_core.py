@@ -192,23 +192,83 @@ def test_documented_rule_and_bound() -> None:
     assert DEFAULT_MAX_BYPASS == 4
 
 
-def test_plan_grant_matches_queue_release() -> None:
-    from fairlock._core import WaiterState, plan_grant
+def test_decide_on_stored_state_matches_queue_release() -> None:
+    from fairlock._core import Policy, decide
 
-    lanes = Lanes(("high", "normal", "low"))
-    q = FairQueue(lanes, max_bypass=1)
+    policy = Policy.of(("high", "normal", "low"), max_bypass=1)
+    q = FairQueue(policy)
     q.request()
     for lane in ("low", "low", "high", "normal", "high"):
         q.request(lane)
     snap = q.snapshot()
-    plan = plan_grant(lanes, 1, snap.waiters)
-    assert plan is not None
+    stored = policy.snapshot((w.ticket, policy.encode(w.lane, w.overtaken)) for w in snap.waiters)
+    assert stored.damaged == ()
+    assert stored.waiters() == [(w.ticket, w.lane, w.overtaken) for w in snap.waiters]
+    grant = decide(policy, stored.queue)
+    assert grant is not None
     got = q.release()
-    assert plan.ticket == got and plan.lane == q.owner_lane
+    assert grant.ticket == got and grant.lane == q.owner_lane
     after = {w.ticket: w.overtaken for w in q.snapshot().waiters}
-    assert plan.overtaken == {t: n for t, n in after.items() if n != {w.ticket: w.overtaken for w in snap.waiters}[t]}
-    assert plan_grant(lanes, 1, []) is None
+    before = {w.ticket: w.overtaken for w in snap.waiters}
+    assert dict(grant.overtaken) == {t: n for t, n in after.items() if n != before[t]}
+    assert decide(policy, policy.snapshot([]).queue) is None
+
+
+def test_snapshot_refuses_transport_bugs() -> None:
+    from fairlock._core import Policy
+
+    policy = Policy.of(("high", "low"))
+    ok = policy.encode("low")
     with pytest.raises(InvalidArgumentError):
-        plan_grant(lanes, 1, [WaiterState(3, "low", 0), WaiterState(3, "low", 0)])
+        policy.snapshot([(3, ok), (3, ok)])
+    for ticket in (0, -1, True, "3", 2.0):
+        with pytest.raises(InvalidArgumentError):
+            policy.snapshot([(ticket, ok)])
     with pytest.raises(UnknownLaneError):
-        plan_grant(lanes, 1, [WaiterState(3, "nope", 0)])
+        policy.encode("nope")
+    with pytest.raises(InvalidArgumentError):
+        policy.encode("low", -1)
+
+
+@pytest.mark.parametrize("stored", [
+    None, "garbage", {}, {"lane": "nope", "overtaken": 0}, {"lane": "high", "overtaken": -1},
+    {"lane": "high", "overtaken": True}, {"lane": "high", "overtaken": "2"}, {"lane": 3, "overtaken": 0},
+    {"overtaken": 0},
+])
+def test_damaged_state_makes_a_waiter_due_and_never_lowers_a_count(stored: object) -> None:
+    from fairlock._core import Policy, decide
+
+    policy = Policy.of(("high", "low"), max_bypass=2)
+    snap = policy.snapshot([(5, policy.encode("low", 1)), (7, stored), (9, policy.encode("high"))])
+    assert snap.damaged == (7,)
+    # The damaged waiter is due (count K, lowest lane); the older waiter is raised to match it
+    # (older waiters count at least as often as younger ones), never the other way round.
+    assert snap.waiters() == [(5, "low", 2), (7, "low", 2), (9, "high", 0)]
+    grant = decide(policy, snap.queue)
+    assert grant is not None and grant.ticket == 5 and grant.overtaken == ()
+
+
+def test_carried_lane_is_the_highest_queued_behind() -> None:
+    from fairlock._core import Policy
+
+    policy = Policy.of(("high", "normal", "low"))
+    q = FairQueue(policy)
+    q.request("low")
+    assert q.carried_lane("low") == "low"
+    q.request("normal")
+    assert q.carried_lane("low") == "normal" == policy.carried_lane("low", ["normal"])
+    assert q.carried_lane("high") == "high" == policy.carried_lane("high", ["normal", "low"])
+    with pytest.raises(UnknownLaneError):
+        q.carried_lane("nope")
+
+
+def test_policy_is_checked_once_and_is_a_value() -> None:
+    from fairlock._core import Policy
+
+    assert Policy.of() == Policy.of(None, "normal", 4) == Policy(Lanes(), 4)
+    assert hash(Policy.of(("a", "b"), "b", 0)) == hash(Policy(Lanes(("a", "b"), "b"), 0))
+    with pytest.raises(InvalidArgumentError):
+        Policy.of(max_bypass=-1)
+    with pytest.raises(ArgumentTypeError):
+        Policy(("a",), 1)  # type: ignore[arg-type]
+    assert FairQueue(Policy.of(("a", "b"), "a", 2)).policy.max_bypass == 2

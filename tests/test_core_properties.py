@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fairlock._core import FairQueue, Lanes, grant_bound, plan_grant
+from fairlock._core import FairQueue, Lanes, Policy, decide, grant_bound
 from fairlock.errors import FairlockError, NotHeldError, UnknownLaneError, UnknownTicketError
 
 from .core_model import Model
@@ -138,13 +138,25 @@ class CoreMachine(RuleBasedStateMachine):
         }
 
     @invariant()
-    def plan_grant_agrees(self) -> None:
-        """The stateless entry point used by the etcd lock makes the same decision."""
+    def decide_on_stored_state_agrees(self) -> None:
+        """The etcd lock's path (encode each waiter's state, read it back into a snapshot, decide)
+        makes the decision FairQueue's release makes, with the same overtaken counts."""
+        policy = self.queue.policy
         snap = self.queue.snapshot()
-        plan = plan_grant(self.queue.lanes, self.queue.max_bypass, snap.waiters)
-        assert (plan.ticket if plan else None) == self.queue.peek_next()
-        if plan and self.queue.max_bypass is not None:
-            assert all(n <= self.queue.max_bypass for n in plan.overtaken.values())
+        stored = policy.snapshot((w.ticket, policy.encode(w.lane, w.overtaken)) for w in snap.waiters)
+        assert stored.damaged == ()
+        assert stored.waiters() == [(w.ticket, w.lane, w.overtaken) for w in snap.waiters]
+        grant = decide(policy, stored.queue)
+        assert (grant.ticket if grant else None) == self.queue.peek_next()
+        if grant is None or snap.owner is None:
+            return
+        copy = FairQueue.restore(snap)
+        assert copy.release() == grant.ticket and copy.owner_lane == grant.lane
+        before = {w.ticket: w.overtaken for w in snap.waiters}
+        after = {w.ticket: w.overtaken for w in copy.snapshot().waiters}
+        assert dict(grant.overtaken) == {t: n for t, n in after.items() if n != before[t]}
+        if policy.max_bypass is not None:
+            assert all(n <= policy.max_bypass for _, n in grant.overtaken)
 
     @invariant()
     def never_free_while_queued(self) -> None:
@@ -288,3 +300,47 @@ def test_state_machine_catches_strict_priority() -> None:
                 phases=[Phase.generate],
             ),
         )
+
+
+# -- damaged stored state (what an etcd reader may find) never weakens the K bound ---------------
+
+stored_states = st.one_of(
+    st.just("valid"), st.just("valid"), st.just("valid"),
+    st.sampled_from([None, "junk", {}, {"lane": "nope", "overtaken": 0}, {"lane": "high", "overtaken": -3},
+                     {"lane": "low", "overtaken": "1"}, {"lane": "normal", "overtaken": 99}]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(arrivals=st.lists(st.tuples(st.sampled_from(["high", "normal", "low"]), stored_states), max_size=30),
+       k=st.integers(0, 4), releases_between=st.integers(0, 3))
+def test_decide_over_damaged_snapshots_keeps_the_bound(arrivals: list[tuple[str, object]], k: int,
+                                                       releases_between: int) -> None:
+    """Waiters stored as an etcd lock stores them, some with damaged state; every grant is
+    ``decide`` on the snapshot read back and its changes are written back, as the etcd lock does.
+    Counted independently here: no waiter is overtaken more than K times."""
+    policy = Policy.of(("high", "normal", "low"), max_bypass=k)
+    store: dict[int, object] = {}
+    overtaken: dict[int, int] = {}
+
+    def grant_one() -> None:
+        grant = decide(policy, policy.snapshot(store.items()).queue)
+        if grant is None:
+            return
+        del store[grant.ticket]
+        for t in store:
+            if t < grant.ticket:
+                overtaken[t] += 1
+        for t, n in grant.overtaken:
+            assert t < grant.ticket and t in store
+            store[t] = policy.encode(policy.decode(store[t]).lane if not policy.decode(store[t]).damaged
+                                     else policy.lanes.names[-1], n)
+        assert all(overtaken[t] <= k for t in store), overtaken
+
+    for ticket, (lane, state) in enumerate(arrivals, start=1):
+        store[ticket] = policy.encode(lane) if state == "valid" else state
+        overtaken[ticket] = 0
+        if ticket % (releases_between + 1) == 0:
+            grant_one()
+    while store:
+        grant_one()

@@ -1,23 +1,15 @@
 """The pure fairness core: every decision about who owns a fairlock lock next.
 
-:class:`FairQueue` decides for the exclusive locks, :class:`RWQueue` for the reader/writer lock.
-
-No threads, no I/O, no clock reads, no randomness. The local lock (``fairlock.local``) and the
-distributed lock consult :class:`FairQueue` for every grant and only wait or transport.
+No threads, no I/O, no clock reads, no randomness. For the exclusive locks :func:`decide` (in
+``policy``) is the grant rule's one entry point; :class:`FairQueue` keeps a local lock's state and
+calls it at every handoff, and the distributed lock calls it on the waiters it reads from etcd.
+:class:`RWQueue` decides for the reader/writer lock (arrival order, readers in batches). The
+adapters only wait or transport.
 """
 
 from .lanes import DEFAULT_LANE, DEFAULT_LANES, Lanes
-from .queue import (
-    DEFAULT_MAX_BYPASS,
-    GRANT_RULE,
-    FairQueue,
-    GrantPlan,
-    QueueState,
-    WaiterState,
-    check_max_bypass,
-    grant_bound,
-    plan_grant,
-)
+from .policy import DEFAULT_MAX_BYPASS, Grant, Policy, Snapshot, WaiterPolicy, check_max_bypass, decide
+from .queue import GRANT_RULE, FairQueue, QueueState, WaiterState, grant_bound
 from .rwqueue import READ, WRITE, RWQueue
 
 __all__ = [
@@ -26,14 +18,17 @@ __all__ = [
     "DEFAULT_MAX_BYPASS",
     "GRANT_RULE",
     "FairQueue",
-    "GrantPlan",
+    "Grant",
     "Lanes",
+    "Policy",
     "QueueState",
     "READ",
     "RWQueue",
     "WRITE",
+    "Snapshot",
+    "WaiterPolicy",
     "WaiterState",
     "check_max_bypass",
+    "decide",
     "grant_bound",
-    "plan_grant",
 ]

@@ -1,18 +1,20 @@
-"""The fairness core: who gets the lock next.
+"""The state of one lock's queue: tickets, lanes, the owner; every grant asked of the policy.
 
-This module is the only place in fairlock that decides the order of owners. The local lock and
-the etcd lock ask it and then only wait or transport. Its rules, in order:
+The order of owners is decided by :func:`fairlock._core.policy.decide` and nowhere else; this
+module keeps one lock's state in step with it. Its rules, in order:
 
 1. **Tickets** are positive integers issued in arrival order (or supplied by the caller, e.g. an
    etcd create revision, and then they must increase). A smaller ticket arrived earlier.
 2. A ticket is in exactly one state: *queued* in one lane, the *owner*, or gone. There is at most
    one owner, and the lock is never free while anyone is queued: a request on a free lock is
-   granted at once, and a release (or a cancel of the owner) hands the lock straight to the next
-   owner. Nobody barges.
-3. **Grant rule**: the next owner is the oldest waiter of the highest-priority non-empty lane,
-   except that a waiter already overtaken ``max_bypass`` (K) times is served before anyone who
-   arrived after it.  A waiter is *overtaken* each time a ticket that arrived after it is granted
-   first.  With one lane this is pure FIFO; with K = 0 it is pure FIFO whatever the lanes.
+   granted at once, and a release (or a cancel of the owner) hands the lock straight to the
+   owner :func:`~fairlock._core.policy.decide` names, applying the overtaken counts it returns.
+   Nobody barges.
+3. **Grant rule** (decided by the policy): the next owner is the oldest waiter of the
+   highest-priority non-empty lane, except that a waiter already overtaken ``max_bypass`` (K)
+   times is served before anyone who arrived after it.  A waiter is *overtaken* each time a
+   ticket that arrived after it is granted first.  With one lane this is pure FIFO; with K = 0 it
+   is pure FIFO whatever the lanes.
 4. Consequences that the property tests check: within a lane, grants follow ticket order; no
    waiter is ever overtaken more than K times; among queued waiters an older one has been
    overtaken at least as often as a younger one, so the rule only ever needs to look at the
@@ -45,6 +47,7 @@ from ..errors import (
     UnknownTicketError,
 )
 from .lanes import Lanes
+from .policy import DEFAULT_MAX_BYPASS, Policy, check_max_bypass, decide
 
 __all__ = [
     "DEFAULT_MAX_BYPASS",
@@ -54,8 +57,6 @@ __all__ = [
     "WaiterState",
     "grant_bound",
     "check_max_bypass",
-    "GrantPlan",
-    "plan_grant",
 ]
 
 #: The grant rule in one sentence; quoted verbatim by the docs and the README.
@@ -63,23 +64,6 @@ GRANT_RULE = (
     "The next owner is the oldest waiter of the highest-priority non-empty lane, except that a "
     "waiter already overtaken max_bypass (K) times is served before anyone who arrived after it."
 )
-
-#: Default K. Large enough that a live migration's handful of lock holds all go ahead of event
-#: handlers that queued before it; small enough that such a handler is delayed by at most four
-#: extra critical sections (about four cache refreshes) beyond its FIFO position.
-DEFAULT_MAX_BYPASS = 4
-
-
-def check_max_bypass(max_bypass: int | None) -> int | None:
-    """Validate K: a non-negative int, or None for strict priority (starves; tests only)."""
-    if max_bypass is None:
-        return None
-    if isinstance(max_bypass, bool) or not isinstance(max_bypass, int):
-        raise ArgumentTypeError(f"max_bypass must be an int or None, got {type(max_bypass).__name__}")
-    if max_bypass < 0:
-        raise InvalidArgumentError(f"max_bypass must be >= 0, got {max_bypass}")
-    return max_bypass
-
 
 def grant_bound(ahead: int, max_bypass: int | None) -> float:
     """The most grants to others between a request and its own grant.
@@ -121,6 +105,7 @@ class FairQueue:
     """The deterministic state machine behind every fairlock lock. See the module docstring."""
 
     __slots__ = (
+        "policy",
         "lanes",
         "max_bypass",
         "_queues",
@@ -132,13 +117,16 @@ class FairQueue:
         "max_overtaken",
     )
 
-    def __init__(self, lanes: Lanes | Iterable[str] | None = None, max_bypass: int | None = DEFAULT_MAX_BYPASS) -> None:
-        if lanes is None:
-            lanes = Lanes()
-        elif not isinstance(lanes, Lanes):
-            lanes = Lanes(lanes)
-        self.lanes: Lanes = lanes
-        self.max_bypass: int | None = check_max_bypass(max_bypass)
+    def __init__(self, lanes: Policy | Lanes | Iterable[str] | None = None,
+                 max_bypass: int | None = DEFAULT_MAX_BYPASS) -> None:
+        if isinstance(lanes, Policy):
+            policy = lanes
+        else:
+            policy = Policy.of(lanes, None, max_bypass)
+        self.policy: Policy = policy
+        self.lanes: Lanes = policy.lanes
+        self.max_bypass: int | None = policy.max_bypass
+        lanes = policy.lanes
         # One FIFO per lane, ticket -> times overtaken; OrderedDict gives O(1) head and removal.
         self._queues: list[OrderedDict[int, int]] = [OrderedDict() for _ in lanes.names]
         self._rank_of: dict[int, int] = {}
@@ -197,8 +185,17 @@ class FairQueue:
 
     def peek_next(self) -> int | None:
         """The ticket the grant rule would choose now, without changing anything."""
-        found = self._choose()
-        return None if found is None else found[0]
+        grant = decide(self.policy, self._queues)
+        return None if grant is None else grant.ticket
+
+    def carried_lane(self, lane: str) -> str:
+        """The lane a request made for ``lane`` on behalf of this queue's waiters carries (the
+        owner of a local queue that queues once more elsewhere: the two levels of the etcd lock)."""
+        best = self.lanes.rank(lane)
+        for rank in range(best):
+            if self._queues[rank]:
+                return self.lanes.names[rank]
+        return lane
 
     # -- operations -----------------------------------------------------------------------------
 
@@ -321,46 +318,19 @@ class FairQueue:
         queue.max_overtaken = max([state.max_overtaken, *(w.overtaken for w in state.waiters)])
         return queue
 
-    # -- the rule -------------------------------------------------------------------------------
-
-    def _choose(self) -> tuple[int, int] | None:
-        """(ticket, rank) of the next owner by the grant rule, or None if nobody is queued."""
-        first: tuple[int, int] | None = None  # head of the highest-priority non-empty lane
-        oldest: tuple[int, int] | None = None
-        for rank, q in enumerate(self._queues):
-            if not q:
-                continue
-            head = next(iter(q))
-            if first is None:
-                first = (head, rank)
-            if oldest is None or head < oldest[0]:
-                oldest = (head, rank)
-        if oldest is None or first is None:
-            return None
-        # Invariant 4: the oldest waiter has been overtaken at least as often as anyone queued, so
-        # it alone decides whether someone has reached K; it is older than every other waiter.
-        k = self.max_bypass
-        if k is not None and self._queues[oldest[1]][oldest[0]] >= k:
-            return oldest
-        return first
+    # -- the handoff -----------------------------------------------------------------------------
 
     def _handoff(self) -> int | None:
-        """End the current ownership and grant the next ticket by the rule (or free the lock)."""
-        chosen = self._choose()
-        if chosen is None:
+        """End the current ownership and grant the ticket the policy names (or free the lock)."""
+        grant = decide(self.policy, self._queues)
+        if grant is None:
             self._owner = self._owner_rank = None
             return None
-        ticket, rank = chosen
-        # The chosen ticket is the head of its lane (rule 4), so only other lanes hold waiters
-        # older than it; each of those is overtaken once by this grant.
-        for other_rank, q in enumerate(self._queues):
-            if other_rank == rank:
-                continue
-            for t in q:
-                if t > ticket:
-                    break
-                n = q[t] + 1
-                q[t] = n
+        ticket, rank, _, overtaken = grant
+        if overtaken:
+            queues, rank_of = self._queues, self._rank_of
+            for t, n in overtaken:
+                queues[rank_of[t]][t] = n
                 if n > self.max_overtaken:
                     self.max_overtaken = n
         del self._queues[rank][ticket]
@@ -374,48 +344,6 @@ class FairQueue:
             f"<FairQueue owner={self._owner} waiting={self.waiting()} "
             f"max_bypass={self.max_bypass} grants={self.grants}>"
         )
-
-
-@dataclass(frozen=True)
-class GrantPlan:
-    """What one grant changes: the next owner and the waiters it overtakes (with new counts)."""
-
-    ticket: int
-    lane: str
-    #: ticket -> its overtaken count after this grant, for every waiter the grant overtakes.
-    overtaken: dict[int, int]
-
-
-def plan_grant(lanes: Lanes, max_bypass: int | None, waiters: Iterable[WaiterState]) -> GrantPlan | None:
-    """The grant the rule makes next for these queued waiters (None if there are none).
-
-    For transports that keep the queue outside this process (etcd): they read the waiters, ask
-    here, and write the whole plan in one transaction, so every client reaches the same decision
-    from the same state. Raises for inconsistent input (unknown lane, duplicate ticket).
-    """
-    queue = FairQueue(lanes, max_bypass)
-    ordered = sorted(waiters, key=lambda w: w.ticket)
-    for w in ordered:
-        if isinstance(w.ticket, bool) or not isinstance(w.ticket, int) or w.ticket <= 0:
-            raise InvalidArgumentError(f"bad waiter ticket {w.ticket!r}")
-        if w.ticket in queue._rank_of:
-            raise InvalidArgumentError(f"ticket {w.ticket} queued twice")
-        if w.overtaken < 0:
-            raise InvalidArgumentError(f"negative overtaken count for {w.ticket}")
-        rank = lanes.rank(w.lane)
-        queue._rank_of[w.ticket] = rank
-        queue._queues[rank][w.ticket] = w.overtaken
-    if not ordered:
-        return None
-    before = {w.ticket: w.overtaken for w in ordered}
-    # A placeholder owner: the plan is what a release of the current owner would do.
-    queue._owner, queue._owner_rank = 0, lanes.default_rank
-    chosen = queue._handoff()
-    assert chosen is not None
-    changed = {
-        t: n for q in queue._queues for t, n in q.items() if n != before[t]
-    }
-    return GrantPlan(chosen, queue.owner_lane or lanes.default, changed)
 
 
 def _is_ticket(ticket: object) -> bool:

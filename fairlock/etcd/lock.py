@@ -1,9 +1,10 @@
 """The distributed fair lock: the core's grant rule, decided from state every client reads in etcd.
 
 This module only transports. The decision of who owns the lock next is
-:func:`fairlock._core.plan_grant`, applied to the waiters read from etcd; the whole plan (new
-owner, its waiter key removed, the overtaken counts of the waiters it overtakes) is written in one
-transaction guarded by compares on everything the plan was computed from, so every client either
+:func:`fairlock._core.decide`, applied to the waiters read from etcd (their stored policy state
+encoded, decoded and judged by the core: :meth:`fairlock._core.Policy.snapshot`); the whole grant
+(new owner, its waiter key removed, the overtaken counts of the waiters it overtakes) is written
+in one transaction guarded by compares on everything it was computed from, so every client either
 makes the same decision or retries on fresher state.
 
 Keys of lock ``NAME`` under the session prefix ``P``::
@@ -27,8 +28,9 @@ Invariants, and where they are kept:
 5. Cancel and release delete only our own key at its revision (compare on create/mod revision),
    never a newer incarnation (etcd-io/etcd#22082).
 6. Two levels: threads of one process first queue on a local fair lock; only its holder queues in
-   etcd, so a process has at most one waiter per lock; when a higher-lane thread queues locally
-   behind it, the etcd waiter's lane is raised to match.
+   etcd, so a process has at most one waiter per lock; the lane it carries is the core's answer
+   (:meth:`fairlock.Lock.carried_lane`), and it is raised when a higher-lane thread queues
+   locally behind it.
 7. A write etcd applies late (after its client gave up on an unknown outcome and moved on) leaves
    nothing on our live lease that nobody acts on: every write is fenced by its compares, except
    the acquire's queueing branch, whose late effects a sweeper undoes (see "writes of unknown
@@ -50,7 +52,7 @@ from urllib.parse import quote, unquote
 
 import threading as _threading
 
-from .._core import DEFAULT_MAX_BYPASS, Lanes, WaiterState, check_max_bypass, plan_grant
+from .._core import DEFAULT_MAX_BYPASS, Lanes, Policy, Snapshot, decide
 from ..context import current_lane, note_unknown_lane, resolve_lane
 from ..history import ETCD as _HISTORY
 from ..errors import ArgumentTypeError, InvalidArgumentError, NotHeldError, NotOwnerError
@@ -224,8 +226,9 @@ class EtcdLock:
         self.session = session
         self._local = Lock(name, lanes=lanes, default_lane=default_lane, max_bypass=max_bypass,
                            on_queued=self._local_queued)
-        self.lanes: Lanes = self._local.lanes
-        self.max_bypass = check_max_bypass(max_bypass)
+        self.policy: Policy = self._local.policy
+        self.lanes: Lanes = self.policy.lanes
+        self.max_bypass = self.policy.max_bypass
         self._on_lost = on_lost
         self._clock = clock
         self._transport = session.transport
@@ -305,7 +308,7 @@ class EtcdLock:
             # on a lease that may be gone, through a transport that close() may have closed.
             self.session.check()
             # The local holder may represent higher-lane threads queued behind it.
-            remote_lane = self._effective_lane(lane)
+            remote_lane = self._local.carried_lane(lane)
             got = self._acquire_remote(remote_lane, bool(blocking), deadline)
             if got and not self.session.alive():
                 # Granted while the session was being declared lost or closed: its notice found
@@ -396,13 +399,6 @@ class EtcdLock:
 
     # -- acquire ----------------------------------------------------------------------------------
 
-    def _effective_lane(self, lane: str) -> str:
-        waiting = self._local.statistics().waiting_per_lane
-        for name in self.lanes.names:  # highest priority first
-            if name == lane or waiting.get(name):
-                return name
-        return lane
-
     def _local_queued(self, lane: str) -> None:
         wakeup = self._wakeup
         if wakeup is not None:
@@ -426,7 +422,7 @@ class EtcdLock:
             # creates, or is granted as, a key that this attempt never uses, which the sweeper
             # can tell apart and remove.
             my_key = self._wprefix + f"{session.lease_id:x}-{uuid.uuid4().hex}".encode()
-            queue_me = [Put(my_key, _encode({**holder, "overtaken": 0}), lease=session.lease_id)]
+            queue_me = [Put(my_key, _encode({**holder, **self.policy.encode(lane)}), lease=session.lease_id)]
             try:
                 result = self._transport.txn(
                     nobody,
@@ -530,7 +526,7 @@ class EtcdLock:
             self._recover()
             return None
         self.session.check()
-        want = self._effective_lane(state.lane)
+        want = self._local.carried_lane(state.lane)
         if self.lanes.rank(want) < self.lanes.rank(state.current_lane):
             self._raise_lane(state.key, state.ticket, want)
             state.current_lane = want
@@ -568,7 +564,8 @@ class EtcdLock:
             if not kvs or kvs[0].create_revision != ticket:
                 return  # granted or gone: the next _check sees it
             value = decode_value(kvs[0])
-            value["lane"] = want
+            # Keeps its overtaken count (change_lane in core terms); damaged state stays due.
+            value.update(self.policy.encode(want, self.policy.decode(value).overtaken))
             # Guarded by mod revision: a releaser may be raising our overtaken count right now.
             result = self._try_txn(
                 [Compare(my_key, "mod_revision", "=", kvs[0].mod_revision)],
@@ -750,36 +747,30 @@ class EtcdLock:
 
     # -- handoff ----------------------------------------------------------------------------------
 
-    def _waiter_states(self, kvs: Sequence[KeyValue]) -> tuple[list[WaiterState], dict[int, KeyValue]]:
-        states, by_ticket = [], {}
-        for kv in kvs:
-            value = decode_value(kv)
-            lane = value.get("lane")
-            if not self.lanes.knows(lane):
-                LOG.warning("fairlock %r: waiter %s has lane %r unknown here; treating it as %r",
-                            self.name, kv.key, lane, self.lanes.default)
-                lane = self.lanes.default
-            overtaken = value.get("overtaken", 0)
-            if isinstance(overtaken, bool) or not isinstance(overtaken, int) or overtaken < 0:
-                overtaken = 0
-            states.append(WaiterState(kv.create_revision, lane, overtaken))  # type: ignore[arg-type]
-            by_ticket[kv.create_revision] = kv
-        return states, by_ticket
+    def _snapshot(self, kvs: Sequence[KeyValue]) -> tuple[Snapshot, dict[int, KeyValue]]:
+        """The core's view of these waiter keys (ticket = create revision); damaged state is
+        judged by the core (it makes the waiter due) and only reported here."""
+        by_ticket = {kv.create_revision: kv for kv in kvs}
+        snap = self.policy.snapshot((t, decode_value(kv)) for t, kv in by_ticket.items())
+        for ticket in snap.damaged:
+            LOG.warning("fairlock %r: waiter %s has policy state this process cannot read (lanes or "
+                        "version differ?); it is served as due", self.name, by_ticket[ticket].key)
+        return snap, by_ticket
 
     def _grant_txn(self, owner_guard: Compare, revision: int, waiter_kvs: Sequence[KeyValue]) -> TxnResult | None:
-        """Write the core's plan for these waiters, guarded by everything it was computed from.
+        """Write the core's grant for these waiters, guarded by everything it was computed from.
 
         None when there is nobody to grant to, or when the outcome is unknown (re-read and retry).
         """
-        states, by_ticket = self._waiter_states(waiter_kvs)
-        plan = plan_grant(self.lanes, self.max_bypass, states)
-        if plan is None:
+        snap, by_ticket = self._snapshot(waiter_kvs)
+        grant = decide(self.policy, snap.queue)
+        if grant is None:
             return None
-        chosen = by_ticket[plan.ticket]
+        chosen = by_ticket[grant.ticket]
         value = decode_value(chosen)
+        value.update(self.policy.encode(grant.lane))
         value.pop("overtaken", None)
         value["waiter"] = chosen.key.decode()
-        value["lane"] = plan.lane
         value["since"] = self.session.wall_clock()
         compares = [
             owner_guard,
@@ -791,11 +782,12 @@ class EtcdLock:
             Put(self._owner_key, _encode(value), lease=chosen.lease),
             Delete(chosen.key),
         ]
-        for ticket, count in plan.overtaken.items():
+        lanes = {ticket: lane for ticket, lane, _ in snap.waiters()}
+        for ticket, count in grant.overtaken:
             kv = by_ticket[ticket]
             compares.append(Compare(kv.key, "mod_revision", "=", kv.mod_revision))
             updated = decode_value(kv)
-            updated["overtaken"] = count
+            updated.update(self.policy.encode(lanes[ticket], count))
             success.append(Put(kv.key, _encode(updated), lease=kv.lease))
         return self._try_txn(compares, success, [Range(self._owner_key), Range(self._wprefix, self._wend)])
 
