@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 from .context import current_lane
 from .errors import AcquireTimeout, ArgumentTypeError, InvalidArgumentError
 from .local import check_timeout
-from ._core import Lanes
+from ._core import Lanes, successor
 
 __all__ = ["ALONE", "Coalescer", "CoalesceStatistics", "coalesced"]
 
@@ -403,12 +403,11 @@ class Coalescer:
                 return run.outcome, False
             run.reps.discard(lane)
             if run.state == _PENDING:
-                # Restore rule 2 for this lane: the oldest follower of the lane takes over.
-                for follower in run.followers:
-                    if follower.lane == lane:
-                        promoted = follower
-                        break
-                if promoted is not None:
+                # Restore rule 2 for this lane: the core names who takes over (the oldest
+                # follower of the lane).
+                heir = successor([f.lane for f in run.followers], lane)
+                if heir is not None:
+                    promoted = run.followers[heir]
                     run.followers.remove(promoted)
                     promoted.promoted = True
                     run.reps.add(lane)

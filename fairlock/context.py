@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from typing import TYPE_CHECKING
 
-from .errors import ArgumentTypeError, InvalidArgumentError
+from ._core.lanes import check_lane_name
 
 if TYPE_CHECKING:
     from ._core import Lanes
@@ -97,11 +97,7 @@ class lane(ContextDecorator):
     """
 
     def __init__(self, name: str) -> None:
-        if not isinstance(name, str):
-            raise ArgumentTypeError(f"lane name must be a str, got {type(name).__name__}")
-        if not name:
-            raise InvalidArgumentError("lane name must not be empty")
-        self.name = name
+        self.name = check_lane_name(name)
         self._tokens: list[contextvars.Token[str | None]] = []
 
     def _recreate_cm(self) -> lane:

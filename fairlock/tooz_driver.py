@@ -58,7 +58,7 @@ from .errors import DeadlockError, FairlockError, InvalidArgumentError
 from .local import check_timeout
 from .etcd.config import EtcdConfig, parse_url
 from .etcd.gateway import GatewayTransport
-from .etcd.lock import EtcdLock, EtcdLockStatistics, check_lock_name, lock_keys
+from .etcd.lock import EtcdLock, EtcdLockStatistics, check_lock_name
 from .etcd.session import DEFAULT_PREFIX, LockLost, Session, SessionLost
 from .etcd.transport import (
     Compare,
@@ -244,12 +244,10 @@ class FairlockToozLock(locking.Lock):
         The oldest waiter (by the grant rule) is granted at once; the former holder's
         ``release()`` returns False and its next ``heartbeat()`` reports the loss.
         """
-        session = self._coord._live_session()
-        owner_key = lock_keys(session.prefix, self._lock_name)[0]
+        self._coord._live_session()
+        etcd_lock = self._coord._etcd_lock(self._lock_name)
         with _translated(f"break of tooz lock {self._lock_name!r}"):
-            result = session.transport.txn(
-                [Compare(owner_key, "create_revision", ">", 0)], [Delete(owner_key)])
-        return result.succeeded
+            return etcd_lock.break_()
 
     def heartbeat(self) -> bool:
         """Refresh the coordinator's lease; True while this object still holds the lock."""
@@ -268,13 +266,10 @@ class FairlockToozLock(locking.Lock):
         etcd_lock = self._held_on
         if self._holder is None or etcd_lock is None or self._lost is not None:
             return False
-        token = etcd_lock.fencing_token
-        if token is None:
+        if etcd_lock.fencing_token is None:
             return False
-        owner_key = lock_keys(etcd_lock.session.prefix, self._lock_name)[0]
         with _translated(f"owner check of tooz lock {self._lock_name!r}"):
-            _, kvs = etcd_lock.session.transport.get_range(owner_key)
-        return bool(kvs) and kvs[0].mod_revision == token
+            return etcd_lock.confirm_held()
 
     @property
     def acquired(self) -> bool:
@@ -522,10 +517,9 @@ class FairlockDriver(coordination.CoordinationDriverCachedRunWatchers,
                 held.append((lock, generation, token))
         if not held:
             return
-        keys = [lock_keys(session.prefix, lock._lock_name)[0] for lock, _, _ in held]
-        result = session.transport.txn([], [Range(key) for key in keys])
-        for (lock, generation, token), kvs in zip(held, result.responses):
-            if not kvs or kvs[0].mod_revision != token:
+        confirmed = EtcdLock.confirm_all([lock._held_on for lock, _, _ in held])
+        for (lock, generation, token), ok in zip(held, confirmed):
+            if not ok:
                 lock._mark_lost(generation, "its owner key in etcd was deleted or replaced "
                                             "(tooz break_() or an operator)")
 

@@ -448,3 +448,20 @@ def test_holder_is_told_once_even_if_the_session_is_closed_after_the_loss(sessio
     assert told == ["test: lease gone"]
     with pytest.raises(LockLost):
         lock.release()
+
+
+def test_confirm_held_and_break_through_the_lock_api(sessions: Sessions) -> None:
+    """The owner check and break_ the tooz driver uses are the lock's (no raw keys outside it)."""
+    holder = EtcdLock("broken-into", sessions.new())
+    other = EtcdLock("broken-into", sessions.new())
+    assert not holder.confirm_held() and EtcdLock.confirm_all([]) == []
+    assert holder.acquire()
+    assert holder.confirm_held() and EtcdLock.confirm_all([holder]) == [True]
+    assert not other.confirm_held()
+    assert other.break_() is True
+    assert other.break_() is False  # nothing left to break
+    assert not holder.confirm_held()
+    with pytest.raises(LockLost):
+        holder.release()
+    with pytest.raises(fairlock.InvalidArgumentError):
+        EtcdLock.confirm_all([holder, other])

@@ -8,7 +8,7 @@ adapters only wait or transport.
 """
 
 from .lanes import DEFAULT_LANE, DEFAULT_LANES, Lanes
-from .policy import DEFAULT_MAX_BYPASS, Grant, Policy, Snapshot, WaiterPolicy, check_max_bypass, decide
+from .policy import DEFAULT_MAX_BYPASS, Grant, Policy, Snapshot, WaiterPolicy, check_max_bypass, decide, successor
 from .queue import GRANT_RULE, FairQueue, QueueState, WaiterState, grant_bound
 from .rwqueue import READ, WRITE, RWQueue
 
@@ -31,4 +31,5 @@ __all__ = [
     "check_max_bypass",
     "decide",
     "grant_bound",
+    "successor",
 ]

@@ -5,8 +5,10 @@ What this module decides, and its invariants:
 1. A lane set is a non-empty tuple of distinct, non-empty string names, highest priority first.
    The position of a name is its *rank*: rank 0 is served first.
 2. Exactly one lane of the set is the default lane, used by requests that name no lane.
-3. Lane names are checked here and only here: a non-string is an ``ArgumentTypeError``, a name
-   outside the set is an ``UnknownLaneError``. Nothing else in fairlock compares lane names.
+3. Lane names are checked here and only here: a non-string is an ``ArgumentTypeError``, an
+   empty one an ``InvalidArgumentError`` (:func:`check_lane_name`), a name outside the set an
+   ``UnknownLaneError`` (:meth:`Lanes.rank`). Everything else in fairlock that takes a lane name
+   asks one of these.
 
 It never reads a clock, starts a thread or does I/O.
 """
@@ -17,12 +19,21 @@ from collections.abc import Iterable
 
 from ..errors import ArgumentTypeError, InvalidArgumentError, UnknownLaneError
 
-__all__ = ["Lanes", "DEFAULT_LANES", "DEFAULT_LANE"]
+__all__ = ["Lanes", "DEFAULT_LANES", "DEFAULT_LANE", "check_lane_name"]
 
 #: The lanes of a lock created without ``lanes=``: highest priority first.
 DEFAULT_LANES: tuple[str, ...] = ("high", "normal", "low")
 #: The lane of a request that names none, when the lock was created without ``default_lane=``.
 DEFAULT_LANE = "normal"
+
+
+def check_lane_name(name: object, what: str = "lane name") -> str:
+    """A lane name: a non-empty str (whether a lock has it is :meth:`Lanes.rank`'s question)."""
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"{what} must be a str, got {type(name).__name__}")
+    if not name:
+        raise InvalidArgumentError(f"{what} must not be empty")
+    return name
 
 
 class Lanes:

@@ -27,7 +27,9 @@ rules:
    are the older waiters of the other lanes, each counted once more.
 6. Two levels (a process queues once in etcd for all its threads): the lane the process's
    request carries is the highest of its own and those queued behind it locally
-   (:meth:`Policy.carried_lane`).
+   (:meth:`Policy.carried_lane`). Coalesced calls (one queued representative per lane for many
+   callers): when a representative gives up, the oldest caller of its lane takes its place
+   (:func:`successor`), so nobody's position in the lock's order is worse than its own request.
 
 It never reads a clock, starts a thread, does I/O or draws a random number: every process reaches
 the same decision from the same snapshot.
@@ -50,6 +52,7 @@ __all__ = [
     "WaiterPolicy",
     "check_max_bypass",
     "decide",
+    "successor",
 ]
 
 #: Default K. Large enough that a live migration's handful of lock holds all go ahead of event
@@ -232,3 +235,12 @@ def decide(policy: Policy, queue: Sequence[Mapping[int, int]]) -> Grant | None:
 # Grant's fields are built positionally in decide (on every handoff of every lock): skip the
 # NamedTuple constructor's extra Python frame.
 _new_grant = tuple.__new__
+
+
+def successor(waiting_lanes: Sequence[str | None], lane: str | None) -> int | None:
+    """Index of the caller (``waiting_lanes``: their lanes, oldest first) that takes over the
+    queued request of ``lane`` when its maker gives up: the oldest of that lane (None: nobody)."""
+    for i, other in enumerate(waiting_lanes):
+        if other == lane:
+            return i
+    return None

@@ -279,6 +279,37 @@ class EtcdLock:
         _, kvs = self._transport.get_range(self._owner_key)
         return bool(kvs)
 
+    def confirm_held(self) -> bool:
+        """True if etcd still has this process's current grant as the owner (one read).
+
+        :meth:`is_held` judges on the local clock without I/O; this asks etcd, and also sees an
+        owner key deleted or replaced by someone else (:meth:`break_` elsewhere, an operator).
+        """
+        return EtcdLock.confirm_all([self])[0]
+
+    @staticmethod
+    def confirm_all(locks: Sequence[EtcdLock]) -> list[bool]:
+        """:meth:`confirm_held` for several locks of one session, in one read."""
+        if not locks:
+            return []
+        session = locks[0].session
+        if any(lock.session is not session for lock in locks):
+            raise InvalidArgumentError("confirm_all: every lock must use the same session")
+        tokens = [lock.fencing_token for lock in locks]
+        result = session.transport.txn([], [Range(lock._owner_key) for lock in locks])
+        return [token is not None and bool(kvs) and kvs[0].mod_revision == token
+                for token, kvs in zip(tokens, result.responses)]
+
+    def break_(self) -> bool:
+        """Delete the owner key whoever holds it (an operator's action); True if there was one.
+
+        The waiters then grant the lock by the rule at once; the former holder's process finds
+        out through :meth:`confirm_held` (or its ``release()`` raising :class:`LockLost`).
+        """
+        result = self._transport.txn([Compare(self._owner_key, "create_revision", ">", 0)],
+                                     [Delete(self._owner_key)])
+        return result.succeeded
+
     def acquire(self, blocking: bool = True, timeout: float | None = -1, lane: str | None = None) -> bool:
         """Take the lock; True if taken, False on timeout or when non-blocking and busy.
 
