@@ -21,7 +21,8 @@ rules:
    lowered, when a snapshot is read (every waiter is counted at least as often as any younger
    one, the order rule 5 relies on), so no repair can weaken anyone's K bound.
 5. The rule: the next owner is the oldest waiter of the highest-priority non-empty lane, except
-   that a waiter already overtaken K times is served before anyone who arrived after it. Because
+   that a waiter already overtaken ``max_bypass`` (K) times is served before anyone who arrived
+   after it. Because
    an older waiter is always counted at least as often as a younger one, only the oldest waiter
    can be the exception, so ``decide`` looks at lane heads only; the waiters a grant overtakes
    are the older waiters of the other lanes, each counted once more.
