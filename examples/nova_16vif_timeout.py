@@ -279,7 +279,6 @@ def simulate(variant, p):
             if message is None:
                 return
             if message is MIGRATION:
-                migration["picked"] = recorder.now()
                 pre_live_migration()
                 continue
             # ComputeManager.external_instance_event: the events of one message, in order.
@@ -358,16 +357,6 @@ def run_regime(regime, p):
 
 
 # -- the command line --------------------------------------------------------------------------------
-
-
-def _int_list(text):
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError("expected integers >= 1")
-    return values
 
 
 def _choice_list(choices):
