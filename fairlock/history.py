@@ -100,6 +100,9 @@ class History:
         self._tallies: dict[str, _Tally] = {}
         # deque.append is atomic: a lock's finaliser never takes a lock to record itself.
         self._dropped: deque[tuple[Any, ...]] = deque()
+        # Locks nobody waited for, the common case: (name, grants) only, folded name by name.
+        self._uncontended: deque[tuple[str | None, int]] = deque()
+        self._keys: dict[str, str] = {}  # name -> key, a bounded cache (names repeat: uuids of instances)
         self._mutex = threading.Lock()
         self._tracked: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -117,6 +120,7 @@ class History:
             if not isinstance(pattern, str) or not pattern:
                 raise InvalidArgumentError(f"a name pattern must be a non-empty str, got {pattern!r}")
         self._patterns = checked
+        self._keys = {}
 
     def dropped(self, name: str | None, grants: int, handoffs: int, lane_typos: int,
                 lane_names: Sequence[str], counters: Sequence[LaneCounters]) -> None:
@@ -144,8 +148,35 @@ class History:
         """The tracked locks alive now."""
         return list(self._tracked)
 
+    def granted(self, name: str | None, grants: int) -> None:
+        """A lock object that nobody ever waited for is gone: queue its name and grants."""
+        uncontended = self._uncontended
+        uncontended.append((name, grants))
+        if len(uncontended) >= FOLD_EVERY and self._mutex.acquire(False):
+            try:
+                self._fold()
+            finally:
+                self._mutex.release()
+
     def _fold(self) -> None:
         """Add the queued figures to the table. Caller holds _mutex."""
+        uncontended = self._uncontended
+        if uncontended:
+            # Summed per name first: a busy name comes back many times in one batch.
+            per_name: dict[str | None, list[int]] = {}
+            for _ in range(len(uncontended)):
+                name, grants = uncontended.popleft()
+                found = per_name.get(name)
+                if found is None:
+                    per_name[name] = [grants, 1]
+                else:
+                    found[0] += grants
+                    found[1] += 1
+            for name, (grants, locks) in per_name.items():
+                if name is not None:
+                    tally = self._tally(name)
+                    tally.grants += grants
+                    tally.locks += locks
         dropped = self._dropped
         while dropped:
             name, grants, handoffs, lane_typos, lane_names, counters = dropped.popleft()
@@ -160,7 +191,11 @@ class History:
         return key
 
     def _tally(self, name: str) -> _Tally:
-        key = name_key(name, self._patterns)
+        key = self._keys.get(name)
+        if key is None:
+            if len(self._keys) >= 4 * FOLD_EVERY:
+                self._keys.clear()
+            key = self._keys[name] = name_key(name, self._patterns)
         found = self._tallies.get(key)
         if found is None:
             if len(self._tallies) >= self.max_keys:
@@ -204,6 +239,7 @@ class History:
         """Forget every count (live locks keep their own)."""
         with self._mutex:
             self._dropped.clear()
+            self._uncontended.clear()
             self._tallies.clear()
 
     def __len__(self) -> int:
@@ -211,7 +247,8 @@ class History:
         return len(self._tallies)
 
     def __repr__(self) -> str:
-        return f"<fairlock.history.History {self.kind} {len(self)} key(s), {len(self._dropped)} queued>"
+        queued = len(self._dropped) + len(self._uncontended)
+        return f"<fairlock.history.History {self.kind} {len(self)} key(s), {queued} queued>"
 
 
 _record_holds = False

@@ -152,6 +152,7 @@ class Lock:
         "_slow_wait",
         "_timed",
         "_lane_typos",
+        "_contended",
         "_held_since",
         "_held_lane",
         "_log",
@@ -211,6 +212,9 @@ class Lock:
         self._handoffs = 0
         self._lane_counters = [LaneCounters() for _ in lanes.names]
         self._lane_typos = 0
+        # Set once anyone queues: until then the lane counters hold nothing worth keeping (see
+        # fairlock.history: a dropped lock that never queued is recorded as name and grants).
+        self._contended = False
         self._clock = clock
         self._slow_hold = _check_threshold("slow_hold", slow_hold)
         self._slow_wait = _check_threshold("slow_wait", slow_wait)
@@ -281,6 +285,7 @@ class Lock:
                     self._held_since = self._clock()
                     self._held_lane = lane
                 return True
+            self._contended = True
             if self._owner_ticket is None:
                 # The owner came in by the fast path; tell the core, so it queues us behind it.
                 self._owner_ticket = self._queue.request()

@@ -262,7 +262,7 @@ def _lock_options() -> dict[str, Any]:
     global _options_cache
     group = CONF.oslo_concurrency
     key = (tuple(group.fairlock_lanes), group.fairlock_default_lane, group.fairlock_max_bypass,
-           group.fairlock_slow_wait, group.fairlock_slow_hold, _history._record_holds)
+           *_slow_thresholds(group), _history._record_holds)
     cached = _options_cache
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -271,6 +271,26 @@ def _lock_options() -> dict[str, Any]:
                "record_holds": key[5]}
     _options_cache = (key, options)
     return options
+
+
+_SLOW_KEYS = (("oslo_concurrency", "fairlock_slow_wait"), ("oslo_concurrency", "fairlock_slow_hold"))
+
+
+def _slow_thresholds(group: Any) -> tuple[float, float]:
+    """The two thresholds, read on every lock creation, so at about the cost of two dict lookups.
+
+    oslo.config caches every value it has returned under ``(group, option)`` and empties that
+    cache whenever anything could change a value (overrides, defaults, reloads, mutation), so a
+    value found there is exactly what the public read returns. A miss (or another oslo.config)
+    takes the public read, which refills the cache.
+    """
+    cache = getattr(CONF, "_ConfigOpts__cache", None)
+    if cache is not None:
+        try:
+            return cache[_SLOW_KEYS[0]], cache[_SLOW_KEYS[1]]
+        except (KeyError, TypeError):
+            pass
+    return group.fairlock_slow_wait, group.fairlock_slow_hold
 
 
 def _slow_options(slow_wait: float | None, slow_hold: float | None) -> dict[str, Any]:
@@ -301,13 +321,17 @@ class InternalLock(Lock, threading.Semaphore):
         # The name left its container: this lock's counts join the name's history (one tuple
         # appended; see fairlock.history). Nobody else can touch the counters any more.
         try:
-            _history_dropped(self.name, self._fast_grants + self._handoffs, self._handoffs, self._lane_typos,
-                             self.lanes.names, self._lane_counters)
+            if self._contended or self._timed:
+                _history_dropped(self.name, self._fast_grants + self._handoffs, self._handoffs, self._lane_typos,
+                                 self.lanes.names, self._lane_counters)
+            else:  # the common case, a lock that nobody waited for: its name and grants
+                _history_granted(self.name, self._fast_grants)
         except (AttributeError, TypeError):
             pass  # a lock whose __init__ failed, or interpreter shutdown
 
 
 _history_dropped = _HISTORY.dropped
+_history_granted = _HISTORY.granted
 # Every container, for live_locks() and lock_statistics(); weak, as the containers' locks.
 _containers: weakref.WeakSet[Semaphores] = weakref.WeakSet()
 

@@ -1164,3 +1164,22 @@ def test_fair_locks_give_fair_reader_writer_locks_with_fasteners_methods() -> No
 def test_fair_locks_refuse_a_bad_name() -> None:
     with pytest.raises(fairlock.ArgumentTypeError):
         lockutils.FairLocks().get(None)  # type: ignore[arg-type]
+
+
+def test_slow_thresholds_follow_every_kind_of_config_change(conf: Any, restore_defaults: None) -> None:
+    """The thresholds are read through oslo.config's value cache: every way of changing them
+    (override, clearing it, set_defaults) is seen by the next lock."""
+    def thresholds() -> tuple[object, object]:
+        internal = lockutils.internal_lock(unique())
+        return internal._slow_wait, internal._slow_hold
+
+    assert thresholds() == (None, None)
+    assert thresholds() == (None, None)  # now from the cache
+    conf.config(fairlock_slow_wait=7.0, group="oslo_concurrency")
+    assert thresholds() == (7.0, None)
+    lockutils.set_defaults(fairlock_slow_hold=9)
+    assert thresholds() == (7.0, 9.0)
+    lockutils.CONF.clear_override("fairlock_slow_wait", group="oslo_concurrency")
+    assert thresholds() == (None, 9.0)
+    lockutils.set_defaults(fairlock_slow_hold=0)
+    assert thresholds() == (None, None)
