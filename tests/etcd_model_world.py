@@ -682,6 +682,8 @@ class World:
             p.status = "idle"
             return
         assert token is not None, f"{where} returned True without a fencing token"
+        if not held:
+            p.session.wait_notices(SETTLE_TIMEOUT)  # on_lost runs on the session's notice thread
         assert held or token in p.told_lost, f"{where} returned True, but is_held() is False and on_lost was not called"
         assert token not in self.claims, f"{where}: token {token} claimed twice"
         self.claims[token] = p.lease

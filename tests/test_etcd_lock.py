@@ -4,6 +4,7 @@ the "etcd" and "etcd-two-level" kinds in tests/kinds.py)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -268,6 +269,7 @@ def test_holder_past_its_validity_deadline_is_told_before_etcd_expires_the_lease
     assert session.valid_for() <= 10 and holder.is_held()
     now[0] += 10.0  # the local clock passes the deadline; etcd's lease would still live ~10 s
     assert not holder.is_held() and holder.fencing_token is None
+    assert session.wait_notices(10)
     assert [t for t, _ in told] == [token] and "ttl" in told[0][1]
     assert not holder.is_held() and len(told) == 1, "told once"
     with pytest.raises(SessionLost):
@@ -465,3 +467,62 @@ def test_confirm_held_and_break_through_the_lock_api(sessions: Sessions) -> None
         holder.release()
     with pytest.raises(fairlock.InvalidArgumentError):
         EtcdLock.confirm_all([holder, other])
+
+
+class _SlowHandler(logging.Handler):
+    """Widens the gap between a session being declared lost and its holders being told."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        time.sleep(0.5)
+
+
+def test_on_lost_is_never_skipped_by_a_release_right_after_is_held(sessions: Sessions) -> None:
+    """Issue 9 bug 1: the session was marked lost, logged (slowly), and only then told its locks;
+    a holder that released in that gap cleared its token, so the notice found nothing to tell and
+    release() returned normally. Now the lock is marked lost before anything is logged, release()
+    raises LockLost, and on_lost is called once."""
+    now = [1000.0]
+    told: list[int | None] = []
+    session = sessions.new(ttl=10, clock=lambda: now[0])
+    holder = EtcdLock("gap", session, on_lost=lambda lock, token, reason: told.append(token))
+    handler = _SlowHandler()
+    logging.getLogger("fairlock.etcd").addHandler(handler)
+    try:
+        assert holder.acquire()
+        token = holder.fencing_token
+        now[0] += 11.0
+        declarer = start(session.alive)
+        assert not holder.is_held()
+        with pytest.raises(LockLost):
+            holder.release()
+        declarer.join(10)
+        assert session.wait_notices(10)
+    finally:
+        logging.getLogger("fairlock.etcd").removeHandler(handler)
+    assert told == [token]
+
+
+def test_on_lost_runs_on_the_sessions_notice_thread_not_in_is_held(sessions: Sessions) -> None:
+    """Issue 9 bug 2: on_lost ran inside is_held(), in the caller's thread; a callback that takes
+    an application lock the caller holds deadlocked. It runs on the session's notice thread."""
+    now = [1000.0]
+    app_lock = threading.Lock()
+    ran_on: list[str] = []
+    done = threading.Event()
+
+    def on_lost(lock: EtcdLock, token: int | None, reason: str) -> None:
+        with app_lock:  # held by the thread calling is_held() below
+            ran_on.append(threading.current_thread().name)
+        done.set()
+
+    session = sessions.new(ttl=10, clock=lambda: now[0])
+    holder = EtcdLock("callback-thread", session, on_lost=on_lost)
+    assert holder.acquire()
+    with app_lock:
+        now[0] += 11.0
+        assert not holder.is_held()  # finds the loss; must not run the callback here
+        assert ran_on == []
+    assert done.wait(10)
+    assert ran_on == [f"fairlock-notices-{session.lease_id:x}"]
+    with pytest.raises(LockLost):
+        holder.release()

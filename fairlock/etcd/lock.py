@@ -199,8 +199,10 @@ class EtcdLock:
     times is served before anyone who arrived after it. All processes using a lock name must use
     the same ``lanes`` and ``max_bypass``.
 
-    ``on_lost(lock, fencing_token, reason)`` is called (from the session's keepalive thread) when
-    the lock is lost while held; :meth:`is_held` is False from then on.
+    ``on_lost(lock, fencing_token, reason)`` is called when the lock is lost while held, once,
+    from the session's notice thread (never the application's: a callback may take application
+    locks). :meth:`is_held` is False, and :meth:`release` raises :class:`LockLost`, from the moment
+    the loss is found, before the callback runs.
     """
 
     def __init__(
@@ -234,9 +236,12 @@ class EtcdLock:
         self._transport = session.transport
         self._owner_key, self._wprefix, self._wend = lock_keys(session.prefix, name)
         # State of the current holder; touched only by the thread holding the local lock, and
-        # by the keepalive thread to mark it lost.
+        # by the session (under _state_mutex) to mark it lost.
         self._token: int | None = None
         self._lost_reason: str | None = None
+        # Orders the holder's release against the session marking the lock lost (either takes
+        # the token first, never both); never held across I/O or a callback.
+        self._state_mutex = _threading.Lock()
         self._wakeup: Any = None  # the current etcd waiter's wake-up event
         self._stats = {"acquisitions": 0, "uncontended": 0, "handoffs_made": 0, "recoveries": 0,
                        "txn_retries": 0, "watch_events": 0, "lost": 0}
@@ -389,10 +394,23 @@ class EtcdLock:
             if self._local.locked():
                 raise NotOwnerError(f"release of {self!r} by a thread that does not hold it")
             raise NotHeldError(f"release of {self!r}, which is not held")
-        token, lost = self._token, self._lost_reason
+        # A session found past its validity deadline here is declared lost now, which marks this
+        # lock lost (below) before its token is read: a holder that releases right after
+        # is_held() said False gets LockLost, and on_lost is delivered all the same.
+        self.session.alive()
+        with self._state_mutex:
+            token, lost = self._token, self._lost_reason
+            self._token = None
+            self._lost_reason = None
+            ended = self.session.lost_reason or ("the session was closed while the lock was held"
+                                                 if self.session.closed else None)
+            if token is not None and lost is None and ended is not None:
+                # Declared lost (or closed) by another thread that has not marked this lock yet;
+                # it will find no token now, so the notice is ours to send.
+                lost = ended
+                self._stats["lost"] += 1
+                self.session._deliver(lambda: self._tell_lost(token, ended))
         self._lane_counters[self._held_lane].held_for(self._clock() - self._held_since)
-        self._token = None
-        self._lost_reason = None
         try:
             if token is not None and lost is None:
                 self._release_remote(token)
@@ -491,8 +509,9 @@ class EtcdLock:
         raise EtcdError(f"{self!r}: could not queue after {MAX_TXN_RETRIES} attempts")
 
     def _granted(self, token: int) -> None:
-        self._token = token
-        self._lost_reason = None
+        with self._state_mutex:
+            self._token = token
+            self._lost_reason = None
 
     def _wait(self, my_key: bytes, ticket: int, lane: str, deadline: float | None) -> bool:
         wakeup = _threading.Event()
@@ -653,7 +672,8 @@ class EtcdLock:
 
     def _pass_on(self) -> None:
         """We were granted but will not run: hand the lock to the next waiter (or free it)."""
-        token, self._token = self._token, None
+        with self._state_mutex:
+            token, self._token = self._token, None
         if token is None:
             return
         try:
@@ -897,22 +917,28 @@ class EtcdLock:
 
     # -- session notices --------------------------------------------------------------------------
 
-    def _session_lost(self, reason: str) -> None:
-        token = self._token
+    def _session_lost(self, reason: str) -> Callable[[], None] | None:
+        """The session is lost: mark the lock lost at once (no I/O, no callback: this runs in
+        whichever thread found the loss) and return the notice (log line, ``on_lost``) that the
+        session delivers from its notice thread, or None when there is nothing to tell."""
         for wakeup in (self._wakeup, self._sweeper):
             if wakeup is not None:
                 wakeup.set()  # a waiter stops at once with SessionLost; the sweeper stops: the lease takes its keys
-        if token is None or self._lost_reason is not None:
-            return  # not held, or already told (close() after a loss must not tell it twice)
-        self._lost_reason = reason
-        self._stats["lost"] += 1
+        with self._state_mutex:
+            token = self._token
+            if token is None or self._lost_reason is not None:
+                return None  # not held, or already told (close() after a loss must not tell it twice)
+            self._lost_reason = reason
+            self._stats["lost"] += 1
+        return lambda: self._tell_lost(token, reason)
+
+    def _tell_lost(self, token: int, reason: str) -> None:
         LOG.error("fairlock: lock %r (fencing token %s) lost: %s", self.name, token, reason)
         if self._on_lost is not None:
             self._on_lost(self, token, reason)
 
-    def _session_closing(self) -> None:
+    def _session_closing(self) -> Callable[[], None] | None:
         sweeper = self._sweeper
         if sweeper is not None:
             sweeper.set()  # it finds the session closed and stops
-        if self._token is not None:
-            self._session_lost("the session was closed while the lock was held")
+        return self._session_lost("the session was closed while the lock was held")

@@ -83,7 +83,11 @@ class Session:
     """An etcd lease shared by all locks of a process (or of one configuration).
 
     ``transport`` is a :class:`~fairlock.etcd.transport.Transport` or an ``etcd3+http://`` URL.
-    ``on_lost(session, reason)`` is called once, from the keepalive thread, when the session is lost.
+    ``on_lost(session, reason)`` is called once when the session is lost, from the session's
+    notice thread (``fairlock-notices-<lease>``), after its locks' ``on_lost`` callbacks: never
+    in an application thread, so a callback may take locks the application holds. The loss
+    itself is visible at once (``alive()``, ``is_held()``, ``release()`` raising ``LockLost``),
+    before any callback runs.
     """
 
     def __init__(
@@ -129,6 +133,7 @@ class Session:
         self._mutex = _threading.Lock()
         self._closed = _threading.Event()
         self._lost_reason: str | None = None
+        self._notice_threads: list[_threading.Thread] = []
         sent = clock()
         try:
             self.lease_id, self.ttl = transport.lease_grant(ttl)
@@ -178,8 +183,9 @@ class Session:
     def alive(self) -> bool:
         """True while the session can hold locks: not closed, not lost, validity deadline ahead.
 
-        The first call that finds the deadline passed declares the session lost (the notice
-        runs in that caller's thread), so no holder can act on a lease that may be gone.
+        The first call that finds the deadline passed declares the session lost (its locks are
+        marked lost before this returns; their callbacks run on the notice thread), so no holder
+        can act on a lease that may be gone.
         """
         if self._lost_reason is not None or self._closed.is_set():
             return False
@@ -275,22 +281,67 @@ class Session:
                 pause = min(pause * 2, max(KEEPALIVE_RETRY, self.ttl / 3.0))
 
     def _mark_lost(self, reason: str) -> None:
+        # In the thread that found the loss (keepalive, deadline watch, or a caller of alive()):
+        # only state changes, so that every lock says "lost" before this returns. Logging and
+        # callbacks run on the notice thread (see _deliver).
         with self._mutex:
             if self._lost_reason is not None:
                 return
             self._lost_reason = reason
             locks = list(self._locks)
-        LOG.error("fairlock session %x lost: %s", self.lease_id, reason)
+        notices = self._marked(locks, lambda lock: lock._session_lost(reason))
+
+        def tell_session() -> None:
+            LOG.error("fairlock session %x lost: %s", self.lease_id, reason)
+            for notice in notices:
+                notice()
+            if self._on_lost is not None:
+                self._on_lost(self, reason)
+
+        self._deliver(tell_session)
+
+    @staticmethod
+    def _marked(locks: list[Any], mark: Callable[[Any], Any]) -> list[Callable[[], None]]:
+        notices = []
         for lock in locks:
             try:
-                lock._session_lost(reason)
+                notice = mark(lock)
             except Exception:
                 LOG.exception("fairlock: lost-lock notice failed for %r", lock)
-        if self._on_lost is not None:
+                continue
+            if notice is not None:
+                notices.append(notice)
+        return notices
+
+    def _deliver(self, notice: Callable[[], None]) -> None:
+        """Run ``notice`` on a thread of the session's own, never in the caller's: every
+        ``on_lost`` callback (the session's and its locks') runs there, so a callback may take
+        an application lock that the thread which found the loss (e.g. inside ``is_held()``)
+        holds, without a deadlock."""
+
+        def run() -> None:
             try:
-                self._on_lost(self, reason)
+                notice()
             except Exception:
-                LOG.exception("fairlock: session on_lost callback failed")
+                LOG.exception("fairlock: session %x: an on_lost callback failed", self.lease_id)
+
+        thread = _threading.Thread(target=run, name=f"fairlock-notices-{self.lease_id:x}", daemon=True)
+        with self._mutex:
+            self._notice_threads.append(thread)
+        thread.start()
+
+    def wait_notices(self, timeout: float | None = None) -> bool:
+        """Wait until every loss notice (``on_lost`` callbacks) given so far has run; True if so."""
+        with self._mutex:
+            threads = list(self._notice_threads)
+        deadline = None if timeout is None else self._clock() + timeout
+        for thread in threads:
+            if thread is _threading.current_thread():
+                continue
+            thread.join(None if deadline is None else max(0.0, deadline - self._clock()))
+            if thread.is_alive():
+                return False
+        return True
 
     # -- close ------------------------------------------------------------------------------------
 
@@ -301,8 +352,14 @@ class Session:
         self._closed.set()
         with self._mutex:
             locks = list(self._locks)
-        for lock in locks:
-            lock._session_closing()
+        notices = self._marked(locks, lambda lock: lock._session_closing())
+
+        def tell_holders() -> None:
+            for notice in notices:
+                notice()
+
+        if notices:
+            self._deliver(tell_holders)
         try:
             self.transport.lease_revoke(self.lease_id)
         except EtcdError as exc:
@@ -313,6 +370,7 @@ class Session:
         for thread in (self._keepalive, self._deadline_watch):
             if thread is not _threading.current_thread():
                 thread.join(self.ttl)
+        self.wait_notices(self.ttl)  # told before close() returns (on the notice thread)
         if self._owns_transport:
             self.transport.close()
 
