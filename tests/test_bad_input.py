@@ -870,10 +870,12 @@ url_case("?connect_timeout=-1", with_query("?connect_timeout=-1"), InvalidArgume
 url_case("?request_timeout=x", with_query("?request_timeout=x"), InvalidArgumentError,
          "request_timeout must be a number of seconds")
 url_case("?lease_ttl=0", with_query("?lease_ttl=0"), InvalidArgumentError,
-         "lease_ttl must be a whole number of seconds >= 1")
+         "lease_ttl must be a whole number of seconds >= 2")
 url_case("?lease_ttl=2.5", with_query("?lease_ttl=2.5"), InvalidArgumentError,
-         "lease_ttl must be a whole number of seconds >= 1")
-url_case("?lease_ttl=1", with_query("?lease_ttl=1"), InvalidArgumentError, "ttl must be >= 2 seconds")
+         "lease_ttl must be a whole number of seconds >= 2")
+# Issue 9 bug 4: the URL took 1, which the Session then refused with another message.
+url_case("?lease_ttl=1", with_query("?lease_ttl=1"), InvalidArgumentError,
+         "lease_ttl must be a whole number of seconds >= 2")
 url_case("?protocol=https on etcd3+http", with_query("?protocol=https"), InvalidArgumentError,
          "disagrees with the scheme")
 url_case("?ca_cert=... on etcd3+http", with_query("?ca_cert=/etc/ssl/ca.pem"), InvalidArgumentError,
@@ -1085,7 +1087,7 @@ def _coordinator(w: World, query: str = "", host: str | None = None, scheme: str
 for bad, query, fragment in [
     ("?bogus=1", "?bogus=1", "unknown parameter 'bogus'"),
     ("?timeout=-1", "?timeout=-1", "timeout must be a positive finite number"),
-    ("?lease_ttl=1", "?lease_ttl=1", "the lease TTL must be >= 2 seconds"),
+    ("?lease_ttl=1", "?lease_ttl=1", "lease_ttl must be a whole number of seconds >= 2"),
     ("?lanes=a,a", "?lanes=a,a", "lane names must be distinct"),
     ("?default_lane=nope", "?default_lane=nope", "unknown lane 'nope'"),
     ("?max_bypass=x", "?max_bypass=x", "max_bypass must be a whole number or none"),
@@ -1389,5 +1391,15 @@ def test_errors_doc_matches_the_table() -> None:
         "doc/source/errors.rst is out of date: regenerate its table with python -m tests.test_bad_input")
 
 
+def test_url_lease_ttl_below_the_sessions_minimum_is_refused_where_the_url_is_read() -> None:
+    """Issue 9 bug 4: parse_url accepted lease_ttl=1 (docs said >= 1); Session then refused it."""
+    from fairlock.etcd.config import parse_url
+
+    assert parse_url("etcd3+http://127.0.0.1:2379/p?lease_ttl=2").lease_ttl == 2
+    with pytest.raises(InvalidArgumentError, match="lease_ttl must be a whole number of seconds >= 2"):
+        parse_url("etcd3+http://127.0.0.1:2379/p?lease_ttl=1")
+
+
 if __name__ == "__main__":
     print(render_rst())
+

@@ -526,3 +526,32 @@ def test_on_lost_runs_on_the_sessions_notice_thread_not_in_is_held(sessions: Ses
     assert ran_on == [f"fairlock-notices-{session.lease_id:x}"]
     with pytest.raises(LockLost):
         holder.release()
+
+
+def test_statistics_keep_no_per_acquisition_data(sessions: Sessions) -> None:
+    """Issue 9 bug 3: EtcdLock kept every wait in a list (one float per acquisition, forever), and
+    statistics() slowed with it. Nothing the lock keeps may grow with the number of grants."""
+    lock = EtcdLock("bounded", sessions.new())
+
+    def sizes() -> dict[str, int]:
+        return {name: len(value) for name, value in vars(lock).items()
+                if isinstance(value, (list, dict, set, tuple)) and name != "_doubts"}
+
+    for _ in range(5):
+        with lock:
+            pass
+    before = sizes()
+    for _ in range(60):
+        with lock:
+            pass
+    assert sizes() == before
+    assert lock.statistics().grants == 65
+
+
+def test_public_methods_document_the_timeout_convention() -> None:
+    """Issue 9 bug 5: acquire, release and statistics had no docstrings; -1/None = forever was
+    written only in fairlock/local.py."""
+    for method in (EtcdLock.acquire, EtcdLock.release, EtcdLock.statistics, EtcdLock.confirm_held,
+                   EtcdLock.break_):
+        assert method.__doc__ and len(method.__doc__.split()) > 8, method
+    assert "-1 or None" in (EtcdLock.acquire.__doc__ or "")

@@ -23,7 +23,7 @@ brackets); the path, if any, is the key prefix. Query parameters (each at most o
 ``cert_key``       client private key (https only; needs ``cert_cert``)
 ``username``       etcd user (or ``user:password@`` before the hosts)
 ``password``       its password
-``lease_ttl``      seconds of the session lease (the lock's session decides the default)
+``lease_ttl``      seconds of the session lease, >= 2 (the lock's session decides the default)
 ``protocol``       ``http`` or ``https``, as tooz accepts; must agree with the scheme
 =================  ==========================================================================
 
@@ -219,8 +219,10 @@ def _parse(url: str, schemes: dict[str, str]) -> EtcdConfig:
     lease_ttl = None
     if "lease_ttl" in query:
         text = query["lease_ttl"]
-        if not text.isdigit() or int(text) < 1:
-            raise _fail(url, f"lease_ttl must be a whole number of seconds >= 1, got {text!r}")
+        # A Session refuses less than 2 (etcd's minimum lease is about its election timeout, and
+        # a keepalive every ttl / 3 must fit): refused here too, where the URL is read.
+        if not text.isdigit() or int(text) < 2:
+            raise _fail(url, f"lease_ttl must be a whole number of seconds >= 2, got {text!r}")
         lease_ttl = int(text)
 
     path = unquote(parts.path)

@@ -318,9 +318,12 @@ class EtcdLock:
     def acquire(self, blocking: bool = True, timeout: float | None = -1, lane: str | None = None) -> bool:
         """Take the lock; True if taken, False on timeout or when non-blocking and busy.
 
-        Threads of this process queue locally first; only the local head queues in etcd. ``lane``
-        overrides the context's :func:`fairlock.lane`. Raises :class:`SessionLost` if the session
-        is lost while waiting.
+        ``timeout`` is -1 or None to wait as long as it takes (the default), or a number of
+        seconds >= 0 (``inf`` also means forever); with ``blocking=False`` no timeout may be
+        given, as for :class:`threading.Lock`. Threads of this process queue locally first; only
+        the local head queues in etcd. ``lane`` overrides the context's :func:`fairlock.lane`.
+        Raises :class:`SessionLost` if the session is lost (or closed) while waiting, and
+        :class:`~fairlock.etcd.transport.EtcdError` if etcd stays unreachable past the timeout.
         """
         timeout = check_timeout(blocking, timeout)
         if lane is None and not self.lanes.knows(current_lane() or self.lanes.default):
