@@ -9,8 +9,11 @@ eventlet for the first time inside a worker thread makes that thread unjoinable)
 
 from __future__ import annotations
 
+import _thread
+import os
 import sys
 import threading
+import weakref
 from typing import Any, Protocol
 
 
@@ -29,6 +32,92 @@ def new_parker() -> Parker:
     parker: Any = threading.Lock()
     parker.acquire()
     return parker
+
+
+class Token:
+    """The owner identity of one native thread (or, when fairlock was imported after monkey
+    patching, of one green thread). A lock that keeps it as owner keeps it alive, so unlike a
+    thread ident it can never be handed to a newer thread: identity is ``is``, never ``==``."""
+
+    __slots__ = ("ident", "__weakref__")
+
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+
+    def __repr__(self) -> str:
+        return f"<fairlock owner {thread_name(self.ident)}>"
+
+
+# Captured at import. When fairlock is imported before eventlet.monkey_patch(), these are the
+# native ones and a later patch is detected by threading.get_ident no longer being this function;
+# when imported after, both are eventlet's and a thread-local token is per green thread.
+NATIVE_GET_IDENT = _thread.get_ident
+TOKENS = _thread._local()
+
+
+def new_token() -> Token:
+    """The calling thread's token, made on its first use of a fairlock lock."""
+    token = Token(_thread.get_ident())
+    TOKENS.token = token
+    return token
+
+
+def current_token() -> Any:
+    """Who is calling: a :class:`Token` per native thread, or the current greenlet under monkey
+    patching (eventlet's green thread *is* a greenlet). The hot paths of fairlock.local inline
+    this function; keep them in step."""
+    if threading.get_ident is NATIVE_GET_IDENT:
+        try:
+            return TOKENS.token
+        except AttributeError:
+            return new_token()
+    return sys.modules["greenlet"].getcurrent()
+
+
+def token_ident(token: Any) -> int | None:
+    """The thread ident (threading.get_ident() of the owner when it ran) of an owner token."""
+    if token is None:
+        return None
+    if type(token) is Token:
+        return token.ident
+    return id(token)  # eventlet's green get_ident() is id(greenlet.getcurrent())
+
+
+class _Fork:
+    """The fork generation: bumped in a child process (native threads only, see after_fork)."""
+
+    generation = 0
+    #: The token of the thread that called fork(): the only thread of the parent the child has.
+    survivor: Any = None
+
+
+FORK = _Fork()
+
+# Objects whose internal mutex a thread that does not exist in a forked child may hold (the
+# registries): each gets a new one in the child, as CPython does for logging's handler locks.
+_FRESH_MUTEX_IN_CHILD: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def fresh_mutex_in_child(owner: Any) -> None:
+    """Give ``owner._mutex`` a new threading.Lock in a forked child process."""
+    _FRESH_MUTEX_IN_CHILD.add(owner)
+
+
+def _after_fork_in_child() -> None:
+    # Under eventlet every green thread lives on in the child (they all run in the one OS thread
+    # that forked), so their locks stay as they are. With native threads only the forking thread
+    # exists in the child: locks held or waited for by the others are reset lazily, on next use
+    # (see fairlock.local.Lock._after_fork).
+    if green_mode():
+        return
+    FORK.survivor = current_token()
+    FORK.generation += 1
+    for owner in list(_FRESH_MUTEX_IN_CHILD):
+        owner._mutex = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def get_ident() -> int:
