@@ -62,6 +62,8 @@ from .errors import ArgumentTypeError, FairlockError, InvalidArgumentError
 from . import history as _history
 from .history import LOCKUTILS as _HISTORY
 from .local import Lock, check_name
+from .local import no_counters
+from .registry import NameTable
 from .rwlock import ReaderWriterLock
 from .stats import LockStatistics, NameStatistics
 
@@ -254,43 +256,41 @@ def _build_lanes(
     return lanes, checked
 
 
-_options_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+_options_cache: tuple[tuple[Any, ...], bool, tuple[Any, ...], dict[str, Any]] | None = None
+
+# The keys, in oslo.config's value cache, of the options _lock_options reads.
+_OPTION_KEYS = tuple(
+    ("oslo_concurrency", option)
+    for option in ("fairlock_lanes", "fairlock_default_lane", "fairlock_max_bypass", "fairlock_slow_wait",
+                   "fairlock_slow_hold")
+)
 
 
 def _lock_options() -> dict[str, Any]:
     """Keyword arguments for a new lock, from the options in force now (cached per value)."""
     global _options_cache
-    group = CONF.oslo_concurrency
-    key = (tuple(group.fairlock_lanes), group.fairlock_default_lane, group.fairlock_max_bypass,
-           *_slow_thresholds(group), _history._record_holds)
     cached = _options_cache
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    lanes, max_bypass = _build_lanes(*key[:3])
-    options = {"lanes": lanes, "max_bypass": max_bypass, "reentrant": False, **_slow_options(*key[3:5]),
-               "record_holds": key[5]}
-    _options_cache = (key, options)
+    record_holds = _history._record_holds
+    if cached is not None and cached[1] is record_holds:
+        # Reading the options through CONF costs a few microseconds: more than the rest of an
+        # uncontended lock(name). oslo.config keeps the values it returned in a private cache
+        # that every change (set_override, set_default, reload, ...) clears; while that cache still
+        # holds the very objects we read last time, nothing changed. Without that cache (another
+        # oslo.config), we simply read CONF every time.
+        values = CONF.__dict__.get("_ConfigOpts__cache")
+        if values is not None and tuple(map(values.get, _OPTION_KEYS)) == cached[0]:
+            return cached[3]
+    group = CONF.oslo_concurrency
+    read = tuple(getattr(group, option) for _, option in _OPTION_KEYS)
+    key = (tuple(read[0]), *read[1:], record_holds)
+    if cached is not None and cached[2] == key:
+        options = cached[3]
+    else:
+        lanes, max_bypass = _build_lanes(*key[:3])
+        options = {"lanes": lanes, "max_bypass": max_bypass, "reentrant": False, **_slow_options(*key[3:5]),
+                   "record_holds": record_holds}
+    _options_cache = (read, record_holds, key, options)
     return options
-
-
-_SLOW_KEYS = (("oslo_concurrency", "fairlock_slow_wait"), ("oslo_concurrency", "fairlock_slow_hold"))
-
-
-def _slow_thresholds(group: Any) -> tuple[float, float]:
-    """The two thresholds, read on every lock creation, so at about the cost of two dict lookups.
-
-    oslo.config caches every value it has returned under ``(group, option)`` and empties that
-    cache whenever anything could change a value (overrides, defaults, reloads, mutation), so a
-    value found there is exactly what the public read returns. A miss (or another oslo.config)
-    takes the public read, which refills the cache.
-    """
-    cache = getattr(CONF, "_ConfigOpts__cache", None)
-    if cache is not None:
-        try:
-            return cache[_SLOW_KEYS[0]], cache[_SLOW_KEYS[1]]
-        except (KeyError, TypeError):
-            pass
-    return group.fairlock_slow_wait, group.fairlock_slow_hold
 
 
 def _slow_options(slow_wait: float | None, slow_hold: float | None) -> dict[str, Any]:
@@ -321,9 +321,9 @@ class InternalLock(Lock, threading.Semaphore):
         # The name left its container: this lock's counts join the name's history (one tuple
         # appended; see fairlock.history). Nobody else can touch the counters any more.
         try:
-            if self._contended or self._timed:
+            if self._lane_counters is not None or self._timed:  # someone queued, or holds were timed
                 _history_dropped(self.name, self._fast_grants + self._handoffs, self._handoffs, self._lane_typos,
-                                 self.lanes.names, self._lane_counters)
+                                 self.lanes.names, self._lane_counters or no_counters(self.lanes))
             else:  # the common case, a lock that nobody waited for: its name and grants
                 _history_granted(self.name, self._fast_grants)
         except (AttributeError, TypeError):
@@ -364,29 +364,21 @@ class Semaphores:
                 "invalid Semaphores() options",
             )
             self._options = {"lanes": built, "max_bypass": checked, "reentrant": False}
-        self._locks: weakref.WeakValueDictionary[str, InternalLock] = weakref.WeakValueDictionary()
-        # Guards dict lookups only; nothing that can block or yield runs under it.
-        self._mutex = threading.Lock()
+        self._locks: NameTable[InternalLock] = NameTable()
         _containers.add(self)
 
     def get(self, name: str) -> InternalLock:
         """The lock called ``name``, created with the options in force on first use."""
-        check_name(name, allow_none=False)
-        with self._mutex:
-            found = self._locks.get(name)
-        if found is not None:
-            return found
-        # Built outside the mutex: reading the options may raise (a bad config file value).
-        options = _lock_options()
-        if self._options is not None:
-            # The container's own lanes; the operator's slow wait/hold thresholds still apply.
-            options = {**options, **self._options}
-        candidate = InternalLock(name, **options)
-        with self._mutex:
-            found = self._locks.get(name)
-            if found is None:
-                self._locks[name] = found = candidate
-            return found
+        found = self._locks.get(name)  # the hot path: a live name costs a dict lookup
+        if found is None:
+            check_name(name, allow_none=False)
+            # Built outside the table's mutex: reading the options may raise (a bad config value).
+            options = _lock_options()
+            if self._options is not None:
+                # The container's own lanes; the operator's slow wait/hold thresholds still apply.
+                options = {**options, **self._options}
+            found = self._locks.insert(name, InternalLock(name, **options))
+        return found
 
     def __len__(self) -> int:
         """How many locks exist at the moment."""
@@ -394,8 +386,7 @@ class Semaphores:
 
     def live(self) -> list[InternalLock]:
         """The locks alive now (held, waited for, or referenced by someone)."""
-        with self._mutex:
-            return list(self._locks.values())
+        return self._locks.live()
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__name__} {len(self)} lock(s)>"
@@ -730,7 +721,6 @@ def _reentered(name: str, int_lock: Lock, do_log: bool) -> Generator[Any, None, 
             LOG.debug('Releasing lock "%(lock)s"', {"lock": name})
 
 
-@contextlib.contextmanager
 def lock(
     name: str,
     lock_file_prefix: str | None = None,
@@ -744,7 +734,7 @@ def lock(
     *,
     timeout: float | None = None,
     lane: str | None = None,
-) -> Generator[Any, None, None]:
+) -> AbstractContextManager[Any]:
     """Context manager: hold the lock called ``name``.
 
     Yields the internal lock (an :class:`InternalLock`), or with ``external=True`` the external
@@ -760,6 +750,84 @@ def lock(
     :param lane: the lane to queue in; None uses the caller's :func:`fairlock.lane`, else the
         configured default lane. A lane the lock does not have is an error.
     """
+    if external or blocking is not True or timeout is not None or lane is not None or lock_file_prefix is not None:
+        return _lock_generic(  # type: ignore[no-any-return]
+            name, lock_file_prefix, external, lock_path, do_log, semaphores, delay, fair, blocking,
+            timeout=timeout, lane=lane,
+        )
+    return _InternalHold(name, semaphores, do_log, fair)
+
+
+class _InternalHold(contextlib.ContextDecorator):
+    """``with lock(name):`` for the common case: the internal lock only, blocking, no lane.
+
+    A class rather than a generator (a third of the cost of an uncontended lock), with the same
+    behaviour as :func:`_lock_generic`: arguments are checked and the lock is looked up on entry,
+    oslo's three log lines at the same moments, ``fair=True`` re-enters for the holder (see
+    :func:`_reentered`), usable as a decorator.
+    """
+
+    __slots__ = ("_name", "_semaphores", "_do_log", "_fair", "_lock")
+
+    def __init__(self, name: str, semaphores: Semaphores | None, do_log: bool, fair: bool) -> None:
+        self._name = name
+        self._semaphores = semaphores
+        self._do_log = do_log
+        self._fair = fair
+        self._lock: Lock | None = None  # what __exit__ releases; None after a re-entry
+
+    def _recreate_cm(self) -> _InternalHold:
+        return _InternalHold(self._name, self._semaphores, self._do_log, self._fair)
+
+    def __enter__(self) -> Lock:
+        name = self._name
+        int_lock = _semaphores.get(name) if self._semaphores is None else _container_lock(name, self._semaphores)
+        log = self._do_log and LOG.isEnabledFor(logging.DEBUG)
+        if log:
+            LOG.debug('Acquiring lock "%s"', name)
+        if self._fair and int_lock.owned():
+            self._lock = None  # re-entered: the outer hold keeps the lock
+        else:
+            int_lock.__enter__()
+            self._lock = int_lock
+        if log:
+            try:
+                LOG.debug('Acquired lock "%(lock)s"', {"lock": name})
+            except BaseException:
+                if self._lock is not None:
+                    self._lock = None
+                    int_lock.release()
+                raise
+        return int_lock
+
+    def __exit__(self, *exc: object) -> None:
+        int_lock = self._lock
+        self._lock = None
+        try:
+            if self._do_log and LOG.isEnabledFor(logging.DEBUG):
+                # Logged before the internal lock is released, as oslo does.
+                LOG.debug('Releasing lock "%(lock)s"', {"lock": self._name})
+        finally:
+            if int_lock is not None:
+                int_lock.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def _lock_generic(
+    name: str,
+    lock_file_prefix: str | None = None,
+    external: bool = False,
+    lock_path: str | None = None,
+    do_log: bool = True,
+    semaphores: Semaphores | None = None,
+    delay: float = 0.01,
+    fair: bool = False,
+    blocking: bool = True,
+    *,
+    timeout: float | None = None,
+    lane: str | None = None,
+) -> Generator[Any, None, None]:
+    """:func:`lock` with an external lock, a timeout, a lane or ``blocking=False``."""
     wait = _check_timeout(blocking, timeout)
     _check_lane(lane)
     _check_prefix(lock_file_prefix)
@@ -823,11 +891,21 @@ def synchronized(
     _check_lane(lane)
     _check_prefix(lock_file_prefix)
 
+    # Only the internal lock, blocking, no lane: the call needs no arguments of lock() but the
+    # name, and nothing of its logging when DEBUG is off.
+    plain = not external and blocking is True and timeout is None and lane is None
+
     def wrap(f: Callable[P, T]) -> Callable[P, T]:
         f_name = reflection.get_callable_name(f)
 
         @functools.wraps(f)
         def inner(*args: P.args, **kwargs: P.kwargs) -> T:
+            if plain and not LOG.isEnabledFor(logging.DEBUG):
+                int_lock = _semaphores.get(name) if semaphores is None else _container_lock(name, semaphores)
+                if fair and int_lock.owned():
+                    return f(*args, **kwargs)  # re-entered, as lock(fair=True) does
+                with int_lock:
+                    return f(*args, **kwargs)
             t1 = _clock()
             t2 = None
             gotten = True

@@ -9,11 +9,76 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from _weakref import _remove_dead_weakref  # what WeakValueDictionary uses: deletes only a dead entry
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
+from ._primitives import fresh_mutex_in_child
 from .local import Lock, acquire_or_raise, check_name
 
-__all__ = ["LockRegistry", "get_lock", "lock", "default_registry"]
+__all__ = ["LockRegistry", "NameTable", "get_lock", "lock", "default_registry"]
+
+L = TypeVar("L")
+
+
+class NameTable(Generic[L]):
+    """name -> object, held weakly: the object lives while someone references it, and its entry
+    leaves the table when it dies.
+
+    The lookup of a live name takes no mutex (one dict lookup and one weak reference call);
+    creating one does. Cheaper than ``weakref.WeakValueDictionary`` (no KeyError on a miss, no
+    Python-level KeyedRef per entry): lockutils and the registry look up a name on every use.
+    """
+
+    __slots__ = ("_refs", "_mutex", "__weakref__")
+
+    def __init__(self) -> None:
+        self._refs: dict[str, weakref.ref[Any]] = {}
+        # Guards insertion only; nothing that can block or yield runs under it.
+        self._mutex = threading.Lock()
+        fresh_mutex_in_child(self)
+
+    def get(self, name: str) -> L | None:
+        """The live object called ``name``, or None (also for an unhashable name)."""
+        try:
+            ref = self._refs.get(name)
+        except TypeError:
+            return None
+        return None if ref is None else ref()
+
+    def insert(self, name: str, candidate: L) -> L:
+        """The live object called ``name``; ``candidate`` becomes it if there is none."""
+        refs = self._refs
+        with self._mutex:
+            ref = refs.get(name)
+            found = None if ref is None else ref()
+            if found is None:
+                found = candidate
+                refs[name] = weakref.ref(candidate, _forgetter(refs, name))
+            return found  # type: ignore[return-value]
+
+    def names(self) -> list[str]:
+        return [name for name, ref in list(self._refs.items()) if ref() is not None]
+
+    def live(self) -> list[L]:
+        """The objects alive now."""
+        return [found for found in (ref() for ref in list(self._refs.values())) if found is not None]
+
+    def __len__(self) -> int:
+        return sum(1 for ref in list(self._refs.values()) if ref() is not None)
+
+    def __contains__(self, name: object) -> bool:
+        return self.get(name) is not None  # type: ignore[arg-type]
+
+
+def _forgetter(refs: dict[str, Any], name: str) -> Callable[[Any], None]:
+    # Runs in whichever thread drops the last reference, maybe while it holds the table's mutex:
+    # so no mutex here. _remove_dead_weakref deletes the entry only if it is still a dead
+    # reference, never a newer one for the same name.
+    def forget(_: Any) -> None:
+        _remove_dead_weakref(refs, name)
+
+    return forget
 
 
 class _Held:
@@ -47,19 +112,15 @@ class LockRegistry:
         # Build the lanes once; every lock of this registry shares the immutable object.
         self._options = {**lock_options, "lanes": probe.lanes}
         self._options.pop("default_lane", None)
-        self._locks: weakref.WeakValueDictionary[str, Lock] = weakref.WeakValueDictionary()
-        # Plain threading.Lock looked up now; it guards a dict lookup and never blocks for long.
-        self._mutex = threading.Lock()
+        self._locks: NameTable[Lock] = NameTable()
 
     def get(self, name: str) -> Lock:
         """The lock called ``name``, created on first use."""
-        check_name(name, allow_none=False)
-        with self._mutex:
-            found = self._locks.get(name)
-            if found is None:
-                found = Lock(name, **self._options)
-                self._locks[name] = found
-            return found
+        found = self._locks.get(name)
+        if found is None:
+            check_name(name, allow_none=False)
+            found = self._locks.insert(name, Lock(name, **self._options))
+        return found
 
     def lock(
         self, name: str, *, lane: str | None = None, timeout: float | None = None, blocking: bool = True
@@ -69,8 +130,7 @@ class LockRegistry:
 
     def names(self) -> list[str]:
         """The names whose locks are alive now."""
-        with self._mutex:
-            return list(self._locks.keys())
+        return self._locks.names()
 
     def __len__(self) -> int:
         return len(self._locks)
