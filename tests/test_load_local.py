@@ -99,7 +99,7 @@ def measure(prefix: str) -> dict[str, Any]:
                         "grants": stats.grants, "queued_grants": stats.lanes["normal"].queued_grants,
                         "gave_up": stats.lanes["normal"].timeouts + stats.lanes["normal"].cancels,
                         "waiting": stats.waiting, "owner": stats.owner, "locked": subject.lock.locked(),
-                        "held_lock": type(subject.lock._held).__module__,
+                        "held_lock": type(subject.lock._guard()).__module__,  # the mutex, made at first use
                     })
                     taken.append(chain)
                 cost[n].append(median_handoff_us(taken))
