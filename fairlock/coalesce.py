@@ -34,7 +34,9 @@ The rules, in order:
    *abandons* the run: it propagates in the runner only, and the other members start over.
 6. **Leaving.** A representative that leaves without running (timeout, or an exception such as
    a greenlet kill while queued) hands its duty to the oldest follower of its lane, so the
-   invariant of rule 2 is restored where it is broken.
+   invariant of rule 2 is restored where it is broken. A follower that leaves (timeout, kill)
+   is taken out of the run first, so only a live follower is ever promoted; one killed just
+   after its promotion passes the duty on in turn.
 
 Not guaranteed: that the runner's arguments other than the key (e.g. nova's ``context``) are the
 ones a follower passed; the result object is shared unless ``copy`` is given. Works with native
@@ -428,7 +430,12 @@ class Coalescer:
         key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any],
     ) -> Any:
         remaining = None if deadline is None else max(0.0, deadline - self._clock())
-        follower.event.wait(remaining)
+        try:
+            follower.event.wait(remaining)
+        except BaseException:
+            # Killed while waiting (greenthread.kill, eventlet.Timeout, KeyboardInterrupt).
+            self._drop(run, follower, lane)
+            raise
         with self._mutex:
             if follower.promoted:
                 promoted = True
@@ -443,6 +450,18 @@ class Coalescer:
         if promoted:
             return self._represent(run, lock, lane, deadline, key, args, kwargs)
         raise AcquireTimeout(f"{lock!r}: no run served this call within the timeout")
+
+    def _drop(self, run: _Run, follower: _Follower, lane: str | None) -> None:
+        """A follower leaves by an exception. It must not stay in the run, where a leaving
+        representative would promote it and the run would stay pending with nobody queued for
+        it; if it was promoted already, it passes the duty on as a representative that leaves
+        does (rule 6)."""
+        with self._mutex:
+            promoted = follower.promoted
+            if not promoted and follower in run.followers:
+                run.followers.remove(follower)
+        if promoted:
+            self._leave(run, lane)
 
     # -- queries ----------------------------------------------------------------------------------
 

@@ -109,3 +109,78 @@ def test_lock_created_before_monkey_patch_parks_green_threads(eventlet) -> None:
     early.release()
     wait_for(lambda: len(order) == 5)
     assert order == list(range(5))
+
+
+class _Interrupt(BaseException):
+    """Stands for KeyboardInterrupt inside a green thread (a real one would reach the hub)."""
+
+
+@pytest.mark.parametrize("how", ["kill", "eventlet.Timeout", "KeyboardInterrupt"])
+def test_a_coalesce_follower_killed_while_waiting_is_never_promoted(eventlet, how: str) -> None:  # type: ignore[no-untyped-def]
+    """Issue 10, fault 1: a dead follower promoted by a leaving representative left the run
+    pending with nobody queued, and every later call with that key joined it and hung."""
+    from fairlock.coalesce import Coalescer
+
+    lock = fairlock.Lock(f"coalesce-dead-follower-{how}")
+    co = Coalescer()
+    ran = []
+
+    def fn() -> str:
+        ran.append(1)
+        return "refreshed"
+
+    def call(timeout: float | None = None, die_after: float | None = None) -> object:
+        try:
+            if die_after is not None:
+                with eventlet.Timeout(die_after):
+                    return co.call(lock, "instance-1", fn, timeout=timeout)
+            return co.call(lock, "instance-1", fn, timeout=timeout)
+        except (eventlet.Timeout, _Interrupt, KeyboardInterrupt, fairlock.AcquireTimeout) as exc:
+            return type(exc).__name__
+
+    assert lock.acquire()
+    representative = eventlet.spawn(call, 0.2)
+    wait_for(lambda: lock.statistics().waiting == 1)
+    doomed = eventlet.spawn(call, None, 0.05 if how == "eventlet.Timeout" else None)
+    survivor = eventlet.spawn(call)
+    wait_for(lambda: co.statistics().following == 2)
+    if how == "kill":
+        doomed.kill()
+        assert doomed.dead
+    elif how == "KeyboardInterrupt":
+        doomed.kill(KeyboardInterrupt)
+        assert doomed.wait() == "KeyboardInterrupt"
+    else:
+        assert doomed.wait() == "Timeout"
+    assert co.statistics().following == 1
+    assert representative.wait() == "AcquireTimeout"  # leaves: the survivor is promoted
+    wait_for(lambda: lock.statistics().waiting == 1)  # ... and queued on the lock
+    lock.release()
+    assert survivor.wait() == "refreshed"
+    assert call(timeout=5) == "refreshed"  # a later call is served, not joined to a dead run
+    stats = co.statistics()
+    assert (stats.pending, stats.following, len(ran)) == (0, 0, 2)
+    assert not lock.locked()
+
+
+def test_a_coalesce_follower_killed_right_after_its_promotion_passes_the_duty_on(eventlet) -> None:  # type: ignore[no-untyped-def]
+    from fairlock.coalesce import Coalescer
+
+    lock = fairlock.Lock("coalesce-killed-heir")
+    co = Coalescer()
+
+    def fn() -> str:
+        return "v"
+
+    assert lock.acquire()
+    representative = eventlet.spawn(co.call, lock, "k", fn)
+    wait_for(lambda: lock.statistics().waiting == 1)
+    heir = eventlet.spawn(co.call, lock, "k", fn)
+    last = eventlet.spawn(co.call, lock, "k", fn)
+    wait_for(lambda: co.statistics().following == 2)
+    representative.kill()  # promotes the heir: its event is set, it has not run yet
+    heir.kill()  # dies before it queues: the duty passes to the last follower
+    wait_for(lambda: lock.statistics().waiting == 1)
+    lock.release()
+    assert last.wait() == "v"
+    assert co.statistics().pending == 0 and not lock.locked()
