@@ -34,6 +34,8 @@ FAIRLOCK_REGISTRY = "fairlock.lock(name)"
 OSLO_DEFAULT = "oslo lockutils.lock(name)"
 OSLO_FAIR = "oslo lockutils.lock(name, fair=True)"
 FAIRLOCK_LOCKUTILS = "fairlock.lockutils.lock(name)"
+OSLO_SYNCHRONIZED = "oslo @lockutils.synchronized(name)"
+FAIRLOCK_SYNCHRONIZED = "fairlock @lockutils.synchronized(name)"
 EMPTY_LOOP = "empty loop (overhead)"
 THREADING = "threading.Lock"
 PING_PONG = "floor: 2-thread ping-pong"
@@ -44,7 +46,7 @@ FAIRLOCK_HIGH = "fairlock.Lock lane=high"
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big each benchmark is (FULL: the default run, about two minutes; QUICK: a smoke run)."""
+    """How big each benchmark is (FULL: the default run, a few minutes; QUICK: a smoke run)."""
 
     #: Target duration of one timed loop of the uncontended benchmark.
     loop_seconds: float
@@ -52,7 +54,8 @@ class Sizes:
     #: thread scheduled takes the lock uncontended: not what this benchmark is about).
     contended_seconds: float
     contended_warmup: float
-    contended_threads: int
+    #: The contended benchmark runs once per number of threads (a table each).
+    contended_threads: tuple[int, ...]
     handlers: tuple[int, ...]
     #: How long a handler holds the lock (sleeping inside the critical section).
     hold: float
@@ -62,8 +65,8 @@ class Sizes:
     cap: float
 
 
-FULL = Sizes(0.1, 0.15, 0.1, 16, (1, 4, 16), 0.005, 0.1, 2.0)
-QUICK = Sizes(0.01, 0.05, 0.05, 16, (1, 4, 16), 0.005, 0.05, 0.5)
+FULL = Sizes(0.1, 0.15, 0.1, (16, 64), (1, 4, 16), 0.005, 0.1, 2.0)
+QUICK = Sizes(0.01, 0.03, 0.02, (16,), (1, 4, 16), 0.005, 0.02, 0.2)
 
 
 def optional_module(module: str) -> tuple[ModuleType | None, str]:
@@ -142,6 +145,25 @@ def _named_loop(open_lock: Callable[[str], AbstractContextManager[Any]], name: s
     return timed
 
 
+def _call_loop(function: Callable[[], Any]) -> Callable[[int], int]:
+    def timed(n: int) -> int:
+        rounds = itertools.repeat(None, n)
+        start = time.perf_counter_ns()
+        for _ in rounds:
+            function()
+        return time.perf_counter_ns() - start
+
+    return timed
+
+
+def _synchronized(module: ModuleType, name: str) -> Callable[[], None]:
+    @module.synchronized(name)
+    def critical_section() -> None:
+        pass
+
+    return critical_section  # type: ignore[no-any-return]
+
+
 def _empty_loop(n: int) -> int:
     rounds = itertools.repeat(None, n)
     start = time.perf_counter_ns()
@@ -172,12 +194,14 @@ def _uncontended_loops(
     if lockutils is not None:
         loops.append(_Loop(OSLO_DEFAULT, THREADING_WITH, _named_loop(lockutils.lock, "bench-oslo")))
         loops.append(_Loop(OSLO_FAIR, THREADING_WITH, _named_loop(_oslo_fair(lockutils), "bench-oslo-fair")))
+        loops.append(_Loop(OSLO_SYNCHRONIZED, THREADING_WITH, _call_loop(_synchronized(lockutils, "bench-oslo-sync"))))
     else:
-        skipped[OSLO_DEFAULT] = skipped[OSLO_FAIR] = "oslo.concurrency is not installed"
+        skipped[OSLO_DEFAULT] = skipped[OSLO_FAIR] = skipped[OSLO_SYNCHRONIZED] = "oslo.concurrency is not installed"
     if shim is not None:
         loops.append(_Loop(FAIRLOCK_LOCKUTILS, THREADING_WITH, _named_loop(shim.lock, "bench-shim")))
+        loops.append(_Loop(FAIRLOCK_SYNCHRONIZED, THREADING_WITH, _call_loop(_synchronized(shim, "bench-shim-sync"))))
     else:
-        skipped[FAIRLOCK_LOCKUTILS] = shim_missing
+        skipped[FAIRLOCK_LOCKUTILS] = skipped[FAIRLOCK_SYNCHRONIZED] = shim_missing
     loops.append(_Loop(EMPTY_LOOP, EMPTY_LOOP, _empty_loop))
     return loops, skipped
 
@@ -274,7 +298,7 @@ def _contended_variants(lockutils: ModuleType | None, shim: ModuleType | None) -
 _names = itertools.count()
 
 
-def _contended_once(variant: _Contended, sizes: Sizes, yield_inside: bool) -> dict[str, Any]:
+def _contended_once(variant: _Contended, sizes: Sizes, threads: int, yield_inside: bool) -> dict[str, Any]:
     enter, stats_lock = variant.make(f"bench-contended-{next(_names)}")
     hits = [0]
     stop = [False]
@@ -295,7 +319,7 @@ def _contended_once(variant: _Contended, sizes: Sizes, yield_inside: bool) -> di
 
     threads = [
         threading.Thread(target=work_yielding if yield_inside else work, daemon=True)
-        for _ in range(sizes.contended_threads)
+        for _ in range(threads)
     ]
     for thread in threads:
         thread.start()
@@ -362,7 +386,7 @@ SLICES_CONTENDED = 3
 
 
 def bench_contended(
-    sizes: Sizes, reps: int, lockutils: ModuleType | None, shim: ModuleType | None, mode: str
+    sizes: Sizes, reps: int, lockutils: ModuleType | None, shim: ModuleType | None, mode: str, threads: int
 ) -> dict[str, Any]:
     variants = _contended_variants(lockutils, shim)
     yield_inside = mode == "eventlet"
@@ -378,7 +402,7 @@ def bench_contended(
                 if variant is None:
                     runs[PING_PONG].append(_ping_pong_once(sizes))
                 else:
-                    runs[variant.label].append(_contended_once(variant, sizes, yield_inside))
+                    runs[variant.label].append(_contended_once(variant, sizes, threads, yield_inside))
         for label, done in runs.items():
             samples[label].append({
                 key: median(run[key] for run in done) for key in done[0]
@@ -397,19 +421,27 @@ def bench_contended(
         rows.append(row)
     by_label = {row["label"]: row for row in rows}
     ratio, paired = None, None
+    shim_ratio, shim_paired = None, None
     if OSLO_FAIR in by_label:
         ratio = by_label[FAIRLOCK]["median_rate"] / by_label[OSLO_FAIR]["median_rate"]
         # The two ran within a second of each other: a per-repetition ratio is less exposed to
         # the machine's slow drifts than the ratio of the medians.
         paired = [f / o for f, o in zip(by_label[FAIRLOCK]["rates"], by_label[OSLO_FAIR]["rates"])]
+        if FAIRLOCK_LOCKUTILS in by_label:
+            shim_ratio = by_label[FAIRLOCK_LOCKUTILS]["median_rate"] / by_label[OSLO_FAIR]["median_rate"]
+            shim_paired = [
+                f / o for f, o in zip(by_label[FAIRLOCK_LOCKUTILS]["rates"], by_label[OSLO_FAIR]["rates"])
+            ]
     return {
-        "threads": sizes.contended_threads,
+        "threads": threads,
         "seconds": sizes.contended_seconds,
         "slices": SLICES_CONTENDED,
         "critical_section": "time.sleep(0)" if yield_inside else "empty",
         "rows": rows,
         "ratio_fairlock_to_oslo_fair": ratio,
         "paired_ratios_fairlock_to_oslo_fair": paired,
+        "ratio_lockutils_to_oslo_fair": shim_ratio,
+        "paired_ratios_lockutils_to_oslo_fair": shim_paired,
     }
 
 

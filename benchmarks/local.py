@@ -3,7 +3,7 @@
 Three benchmarks, each run with native threads and with eventlet green threads:
 
 1. Uncontended acquire+release, ns per pair, against threading.Lock and oslo.concurrency.
-2. Contended acquisitions per second: 16 threads on one lock, after a warm-up; the critical
+2. Contended acquisitions per second: 16 and 64 threads on one lock, after a warm-up; the critical
    section is empty (native) or one ``time.sleep(0)`` (eventlet: a green thread that never
    blocks never lets another run). A two-thread ping-pong gives the machine's switch rate.
 3. Starvation: one "migration" asks for a lock that N "handlers" keep re-taking (5 ms holds).
@@ -40,11 +40,13 @@ from ._local_cases import (
     FAIRLOCK_FIFO,
     FAIRLOCK_HIGH,
     FAIRLOCK_LOCKUTILS,
+    FAIRLOCK_SYNCHRONIZED,
     FAIRLOCK_REGISTRY,
     FAIRLOCK_WITH,
     FULL,
     OSLO_DEFAULT,
     OSLO_FAIR,
+    OSLO_SYNCHRONIZED,
     PING_PONG,
     QUICK,
     THREADING,
@@ -76,10 +78,12 @@ __all__ = [
     "FAIRLOCK_FIFO",
     "FAIRLOCK_HIGH",
     "FAIRLOCK_LOCKUTILS",
+    "FAIRLOCK_SYNCHRONIZED",
     "FAIRLOCK_REGISTRY",
     "FAIRLOCK_WITH",
     "OSLO_DEFAULT",
     "OSLO_FAIR",
+    "OSLO_SYNCHRONIZED",
     "PING_PONG",
     "THREADING",
     "THREADING_CALLS",
@@ -111,11 +115,15 @@ def measure(mode: str, sizes: Sizes, reps: int) -> dict[str, Any]:
     shim, shim_missing = optional_module("fairlock.lockutils")
     progress(f"{mode}: uncontended acquire+release ({reps} reps)")
     uncontended = bench_uncontended(sizes, reps, lockutils, shim, shim_missing)
-    progress(f"{mode}: contended, {sizes.contended_threads} threads ({reps} reps)")
-    contended = bench_contended(sizes, reps, lockutils, shim, mode)
+    contended = []
+    for threads in sizes.contended_threads:
+        progress(f"{mode}: contended, {threads} threads ({reps} reps)")
+        contended.append(bench_contended(sizes, reps, lockutils, shim, mode, threads))
     progress(f"{mode}: starvation, handlers {list(sizes.handlers)} ({reps} reps)")
     starvation = bench_starvation(sizes, reps, lockutils, shim)
-    return {"mode": mode, "uncontended": uncontended, "contended": contended, "starvation": starvation}
+    # "contended": the first number of threads; "contended_more": the others (one table each).
+    return {"mode": mode, "uncontended": uncontended, "contended": contended[0],
+            "contended_more": contended[1:], "starvation": starvation}
 
 
 def _child_command(args: argparse.Namespace) -> list[str]:
@@ -127,8 +135,8 @@ def _child_command(args: argparse.Namespace) -> list[str]:
         command.append("--quick")
     if args.cap is not None:
         command += ["--cap", str(args.cap)]
-    if args.threads is not None:
-        command += ["--threads", str(args.threads)]
+    for threads in args.threads or ():
+        command += ["--threads", str(threads)]
     return command
 
 
@@ -147,13 +155,16 @@ def _measure_in_child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reps", type=at_least(1), default=5, help="repetitions per case (default 5)")
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds")
+    parser.add_argument("--reps", type=at_least(1), default=None,
+                        help="repetitions per case (default 5, 1 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, one repetition, 16 threads only: a smoke run of about 15 s")
     parser.add_argument("--json", metavar="FILE", type=json_file, help="also write the results, every repetition, as JSON")
     parser.add_argument("--mode", choices=("native", "eventlet", "both"), default="both",
                         help="native threads, eventlet green threads (in a subprocess), or both")
-    parser.add_argument("--threads", type=at_least(2), default=None,
-                        help=f"threads in the contended benchmark (default {FULL.contended_threads})")
+    parser.add_argument("--threads", type=at_least(2), action="append", default=None,
+                        help="threads in the contended benchmark; repeat for several tables "
+                             f"(default {' and '.join(map(str, FULL.contended_threads))})")
     parser.add_argument("--cap", type=seconds, default=None,
                         help="seconds after which a waiting migration counts as starved "
                              f"(default {FULL.cap:g}, {QUICK.cap:g} with --quick)")
@@ -166,7 +177,7 @@ def _sizes(args: argparse.Namespace) -> Sizes:
     if args.cap is not None:
         sizes = replace(sizes, cap=args.cap)
     if args.threads is not None:
-        sizes = replace(sizes, contended_threads=args.threads)
+        sizes = replace(sizes, contended_threads=tuple(args.threads))
     return sizes
 
 
@@ -174,14 +185,16 @@ def _command_line(args: argparse.Namespace) -> str:
     options = ["python -m fairlock bench local", f"--reps {args.reps}", f"--mode {args.mode}"]
     if args.quick:
         options.append("--quick")
-    if args.threads is not None:
-        options.append(f"--threads {args.threads}")
+    for threads in args.threads or ():
+        options.append(f"--threads {threads}")
     if args.cap is not None:
         options.append(f"--cap {args.cap:g}")
     return " ".join(options)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.reps is None:
+        args.reps = 1 if args.quick else 5
     sizes = _sizes(args)
     if args.child:
         if not green_mode():
