@@ -25,6 +25,8 @@ def test_docs_build_warning_free(tmp_path: Path) -> None:
     assert "overflow-x: auto" in css and "table.docutils" in css
     for page in ("lockutils.html", "errors.html", "operations.html", "api.html"):
         assert 'href="_static/fairlock.css' in (tmp_path / "html" / page).read_text(), page
+    # reno's directive collects releasenotes/notes into the release notes page.
+    assert "Prometheus collector" in (tmp_path / "html" / "releasenotes.html").read_text()
     # The API page documents these modules.
     api = (tmp_path / "html" / "api.html").read_text()
     for module in ("fairlock.lockutils", "fairlock.tooz_driver", "fairlock.testing", "fairlock.fixture.lockutils",
