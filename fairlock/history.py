@@ -126,12 +126,8 @@ class History:
                 lane_names: Sequence[str], counters: Sequence[LaneCounters]) -> None:
         """A lock object is gone: queue its figures (called from its finaliser, any thread)."""
         self._dropped.append((name, grants, handoffs, lane_typos, lane_names, counters))
-        if len(self._dropped) >= FOLD_EVERY and self._mutex.acquire(False):
-            # Never waits: a finaliser may run in a thread that already holds the mutex.
-            try:
-                self._fold()
-            finally:
-                self._mutex.release()
+        if len(self._dropped) >= FOLD_EVERY:
+            self.fold_if_free()
 
     def track(self, lock: Any, counts: Callable[[], tuple[int, int, int, Sequence[str], Sequence[LaneCounters]]]) -> None:
         """Count ``lock`` as live until it is dropped; then add ``counts()`` (grants, handoffs,
@@ -149,10 +145,25 @@ class History:
         return list(self._tracked)
 
     def granted(self, name: str | None, grants: int) -> None:
-        """A lock object that nobody ever waited for is gone: queue its name and grants."""
+        """A lock object that nobody ever waited for is gone: queue its name and grants.
+
+        (fairlock.lockutils inlines this: ``uncontended.append(...)``, then
+        :meth:`fold_if_free` once ``len(uncontended) >= FOLD_EVERY``.)
+        """
         uncontended = self._uncontended
         uncontended.append((name, grants))
-        if len(uncontended) >= FOLD_EVERY and self._mutex.acquire(False):
+        if len(uncontended) >= FOLD_EVERY:
+            self.fold_if_free()
+
+    @property
+    def uncontended(self) -> deque[tuple[str | None, int]]:
+        """The queue :meth:`granted` appends to (``(name, grants)`` tuples, added on read)."""
+        return self._uncontended
+
+    def fold_if_free(self) -> None:
+        """Add the queued figures to the table now, unless another thread is doing so (never
+        waits: a finaliser may run in a thread that already holds the table's mutex)."""
+        if self._mutex.acquire(False):
             try:
                 self._fold()
             finally:

@@ -325,13 +325,17 @@ class InternalLock(Lock, threading.Semaphore):
                 _history_dropped(self.name, self._fast_grants + self._handoffs, self._handoffs, self._lane_typos,
                                  self.lanes.names, self._lane_counters or no_counters(self.lanes))
             else:  # the common case, a lock that nobody waited for: its name and grants
-                _history_granted(self.name, self._fast_grants)
+                _granted_append((self.name, self._fast_grants))  # History.granted, inlined
+                if len(_granted) >= _FOLD_EVERY:
+                    _HISTORY.fold_if_free()
         except (AttributeError, TypeError):
             pass  # a lock whose __init__ failed, or interpreter shutdown
 
 
 _history_dropped = _HISTORY.dropped
-_history_granted = _HISTORY.granted
+_granted = _HISTORY.uncontended
+_granted_append = _granted.append
+_FOLD_EVERY = _history.FOLD_EVERY
 # Every container, for live_locks() and lock_statistics(); weak, as the containers' locks.
 _containers: weakref.WeakSet[Semaphores] = weakref.WeakSet()
 
