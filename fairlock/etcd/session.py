@@ -42,12 +42,20 @@ DEFAULT_PREFIX = "/fairlock"
 KEEPALIVE_RETRY = 0.5
 
 
-class SessionLost(FairlockError):
-    """The session's lease expired or could not be refreshed: its locks are no longer held."""
+class SessionLost(FairlockError, RuntimeError):
+    """The session's lease expired or could not be refreshed: its locks are no longer held.
+
+    Also a ``RuntimeError``, which is ``threading.ThreadError``: what fasteners' file lock (oslo's
+    ``external=True``) raises when it cannot lock or unlock, so oslo callers that catch external
+    lock failures catch this too.
+    """
 
 
-class LockLost(FairlockError):
-    """A lock this process held (or was queued for) is gone: its lease expired or its key vanished."""
+class LockLost(FairlockError, RuntimeError):
+    """A lock this process held (or was queued for) is gone: its lease expired or its key vanished.
+
+    Also a ``RuntimeError`` (``threading.ThreadError``), as :class:`SessionLost`.
+    """
 
 
 #: Longest prefix (UTF-8 bytes): it is part of every key the session writes.
