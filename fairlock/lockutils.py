@@ -408,18 +408,12 @@ class FairLocks:
     """
 
     def __init__(self) -> None:
-        self._locks: weakref.WeakValueDictionary[str, ReaderWriterLock] = weakref.WeakValueDictionary()
-        # Guards dict lookups only; nothing that can block or yield runs under it.
-        self._mutex = threading.Lock()
+        self._locks: NameTable[ReaderWriterLock] = NameTable(lambda name: ReaderWriterLock(name=name))
 
     def get(self, name: str) -> ReaderWriterLock:
         """The reader/writer lock called ``name``, created on first use."""
         check_name(name, allow_none=False)
-        with self._mutex:
-            found = self._locks.get(name)
-            if found is None:
-                self._locks[name] = found = ReaderWriterLock(name=name)
-            return found
+        return self._locks.obtain(name)
 
     def __len__(self) -> int:
         """How many locks exist at the moment."""

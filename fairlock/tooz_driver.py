@@ -45,7 +45,6 @@ import contextlib
 import logging
 import threading as _threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote_to_bytes, urlencode
@@ -54,6 +53,7 @@ import tooz
 from tooz import coordination, locking, utils
 
 from ._core import DEFAULT_MAX_BYPASS, Lanes, check_max_bypass
+from ._nametable import NameTable
 from .errors import DeadlockError, FairlockError, InvalidArgumentError
 from .local import check_timeout
 from .etcd.config import EtcdConfig, parse_url
@@ -337,6 +337,10 @@ class FairlockToozLock(locking.Lock):
 # -- the coordinator --------------------------------------------------------------------------------
 
 
+def _not_started(name: str) -> EtcdLock:
+    raise tooz.ToozError("the fairlock coordinator is not started")
+
+
 class FairlockDriver(coordination.CoordinationDriverCachedRunWatchers,
                      coordination.CoordinationDriverWithExecutor):
     """tooz coordinator over fairlock's etcd lock: ``fairlock+etcd3+http(s)://``.
@@ -391,7 +395,8 @@ class FairlockDriver(coordination.CoordinationDriverCachedRunWatchers,
         self._mutex = _threading.Lock()
         self._transport: GatewayTransport | None = None
         self._session: Session | None = None
-        self._etcd_locks: weakref.WeakValueDictionary[str, EtcdLock] = weakref.WeakValueDictionary()
+        # The locks of the current session (a new session, a new table: a lost one's are dead).
+        self._etcd_locks: NameTable[EtcdLock] = NameTable(_not_started)
         # Strong references: a held lock stays reachable (for stop() and heartbeat()) even if
         # the caller dropped its lock object, as in tooz's etcd3gw driver.
         self._acquired_locks: set[FairlockToozLock] = set()
@@ -409,7 +414,7 @@ class FairlockDriver(coordination.CoordinationDriverCachedRunWatchers,
             raise
         with self._mutex:
             self._transport, self._session = transport, session
-            self._etcd_locks = weakref.WeakValueDictionary()
+            self._etcd_locks = self._lock_table(session)
 
     def _stop(self) -> None:
         me = _threading.get_ident()
@@ -422,7 +427,7 @@ class FairlockDriver(coordination.CoordinationDriverCachedRunWatchers,
         with self._mutex:
             session, self._session = self._session, None
             transport, self._transport = self._transport, None
-            self._etcd_locks = weakref.WeakValueDictionary()
+            self._etcd_locks = NameTable(_not_started)
         # Revoking the lease deletes every key of ours: waiter keys, member keys, and the owner
         # keys of locks other threads still hold (those are reported lost, at ERROR).
         if session is not None:
@@ -467,7 +472,7 @@ class FairlockDriver(coordination.CoordinationDriverCachedRunWatchers,
             with _translated("cannot replace the lost etcd session"):
                 new = Session(transport, ttl=self.lease_ttl, prefix=self.prefix)
             self._session = new
-            self._etcd_locks = weakref.WeakValueDictionary()
+            self._etcd_locks = self._lock_table(new)
         locks = sorted(lock._lock_name for lock in list(self._acquired_locks)
                        if lock._held_on is not None and lock._held_on.session is session)
         LOG.error("fairlock: etcd session %x of tooz member %r was lost (%s): locks lost with it: "
@@ -498,14 +503,17 @@ class FairlockDriver(coordination.CoordinationDriverCachedRunWatchers,
     def _etcd_lock(self, name: str) -> EtcdLock:
         session = self._live_session()
         with self._mutex:
-            found = self._etcd_locks.get(name)
-            if found is None or found.session is not session:
-                kwargs: dict[str, Any] = {"max_bypass": self.max_bypass}
-                if self.lanes is not None:
-                    kwargs["lanes"] = self.lanes
-                found = EtcdLock(name, session, **kwargs)
-                self._etcd_locks[name] = found
-            return found
+            locks = self._etcd_locks
+        found = locks.obtain(name)
+        if found.session is not session:  # the session was replaced in between: ask again
+            return self._etcd_lock(name)
+        return found
+
+    def _lock_table(self, session: Session) -> NameTable[EtcdLock]:
+        kwargs: dict[str, Any] = {"max_bypass": self.max_bypass}
+        if self.lanes is not None:
+            kwargs["lanes"] = self.lanes
+        return NameTable(lambda name: EtcdLock(name, session, **kwargs))
 
     def _check_owners(self, session: Session) -> None:
         """One read of the owner keys of all held locks; a key gone or taken over is a loss."""

@@ -372,7 +372,7 @@ def test_waiter_whose_lease_expires_waits_on_a_new_session(coordinators: Any, ke
     ("/x?frobnicate=1", "unknown parameter 'frobnicate'"),
     ("/x?timeout=1&timeout=2", "'timeout' given 2 times"),
     ("/x?timeout=soon", "timeout must be a number"),
-    ("/x?lease_ttl=1", "lease TTL must be >= 2"),
+    ("/x?lease_ttl=1", "lease_ttl must be a whole number of seconds >= 2"),
     ("/x?lock_timeout=half", "lock_timeout must be a whole number"),
     ("/x?api_version=v3alpha", "api_version"),
     ("/x?lanes=high,high", "distinct"),

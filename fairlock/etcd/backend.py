@@ -9,11 +9,11 @@ oslo.concurrency makes ``external=True`` a file lock: one host only, and unfair.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
 from .._core import DEFAULT_MAX_BYPASS
+from .._nametable import NameTable
 from ..errors import ArgumentTypeError
 from ..local import check_name
 from .lock import EtcdLock
@@ -60,20 +60,28 @@ class EtcdBackend:
         self._session_or_url = session
         self._session: Session | None = session if isinstance(session, Session) else None
         self._options: dict[str, Any] = {"lanes": lanes, "default_lane": default_lane, "max_bypass": max_bypass}
-        self._locks: weakref.WeakValueDictionary[str, EtcdLock] = weakref.WeakValueDictionary()
+        self._locks: NameTable[EtcdLock] | None = None
         self._mutex = threading.Lock()
 
     @property
     def session(self) -> Session:
         """The etcd session of this process, opened on first use and again after it was lost."""
+        return self._current()[0]
+
+    def _current(self) -> tuple[Session, NameTable[EtcdLock]]:
+        """The live session and its locks, as one pair (a new session, a new table: the locks of
+        a lost session are dead)."""
         with self._mutex:
             if self._session is None or not self._session.alive():
                 if isinstance(self._session_or_url, Session):
                     self._session_or_url.check()  # a caller's own session: never replaced
                 # A lost session cannot hold locks again; a new one (a new lease) can.
                 self._session = Session(self._session_or_url)  # type: ignore[arg-type]
-                self._locks = weakref.WeakValueDictionary()
-            return self._session
+                self._locks = None
+            session = self._session
+            if self._locks is None:
+                self._locks = NameTable(lambda name: EtcdLock(name, session, **self._options))
+            return session, self._locks
 
     @staticmethod
     def lock_name(name: str, lock_file_prefix: str | None) -> str:
@@ -86,13 +94,8 @@ class EtcdBackend:
     def lock(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> _ExternalEtcdLock:
         """The external lock of ``name`` for :func:`fairlock.lockutils.lock` (``lock_file_prefix`` prefixes the name; ``lock_path`` is ignored)."""
         full = self.lock_name(name, lock_file_prefix)
-        session = self.session
-        with self._mutex:
-            found = self._locks.get(full)
-            if found is None:
-                found = EtcdLock(full, session, **self._options)
-                self._locks[full] = found
-        return _ExternalEtcdLock(found)
+        _, locks = self._current()
+        return _ExternalEtcdLock(locks.obtain(full))
 
     def remove(self, name: str, lock_file_prefix: str | None, lock_path: str | None) -> None:
         """Nothing to remove: an etcd lock leaves no key behind once released. The arguments are
