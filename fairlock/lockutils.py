@@ -57,7 +57,9 @@ from oslo_config import cfg
 from oslo_utils import reflection
 
 from ._core import DEFAULT_MAX_BYPASS, Lanes, check_max_bypass
+from ._primitives import thread_name
 from .context import lane as _lane_context
+from .context import resolve_lane
 from .errors import ArgumentTypeError, FairlockError, InvalidArgumentError
 from . import history as _history
 from .history import LOCKUTILS as _HISTORY
@@ -846,8 +848,11 @@ def _lock_generic(
         try:
             if external and not CONF.oslo_concurrency.disable_process_locking:
                 ext_lock = external_lock(name, lock_file_prefix, lock_path)
+                started = _clock()
                 with _lane_context(lane) if lane is not None else contextlib.nullcontext():
                     gotten = _acquire_external(ext_lock, blocking, delay, deadline)
+                if int_lock._slow_wait is not None:
+                    _warn_slow_external(name, int_lock, lane, _clock() - started, gotten)
                 if not gotten:
                     raise AcquireLockFailedException(name)
                 if do_log:
@@ -864,6 +869,23 @@ def _lock_generic(
                 LOG.debug('Releasing lock "%(lock)s"', {"lock": name})
     finally:
         int_lock.release()
+
+
+def _warn_slow_external(name: str, int_lock: Lock, lane: str | None, waited: float, gotten: bool) -> None:
+    """The slow-wait WARNING for the external lock (its holder is in another process, maybe on
+    another host: the backend's own tools name it, e.g. ``fairlock inspect``). Logged once the
+    wait is over, granted or not."""
+    threshold = int_lock._slow_wait
+    if threshold is None or waited <= threshold:
+        return
+    lane = lane if lane is not None else resolve_lane(int_lock.lanes, None)
+    waiter = thread_name(threading.get_ident())  # the thread's (or green thread's) own ident
+    LOG.warning(
+        'External lock "%s" waited on for %.3fs by %s in lane %s (%s; slow_wait threshold %.3fs)',
+        name, waited, waiter, lane, "then acquired" if gotten else "not acquired", threshold,
+        extra={"fairlock_lock": name, "fairlock_lane": lane, "fairlock_holder": None,
+               "fairlock_seconds": waited, "fairlock_event": "slow_wait_external"},
+    )
 
 
 def synchronized(

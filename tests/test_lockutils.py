@@ -1183,3 +1183,33 @@ def test_slow_thresholds_follow_every_kind_of_config_change(conf: Any, restore_d
     assert thresholds() == (None, 9.0)
     lockutils.set_defaults(fairlock_slow_hold=0)
     assert thresholds() == (None, None)
+
+
+def test_slow_wait_for_the_external_lock_is_warned_once_it_ends(
+        conf: Any, caplog: pytest.LogCaptureFixture, backend: _RecordingBackend,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    conf.config(fairlock_slow_wait=5.0, group="oslo_concurrency")
+    now = [1000.0]
+    monkeypatch.setattr(lockutils, "_clock", lambda: now[0])
+    real_acquire = backend.acquire
+
+    def slow_acquire(**kwargs: Any) -> bool:
+        now[0] += 7.5  # the holder is on another host
+        return real_acquire(**kwargs)
+
+    monkeypatch.setattr(backend, "acquire", slow_acquire)
+    name = unique()
+    with lockutils.lock(name, external=True, lane="migration"):
+        pass
+    (record,) = slow_warnings(caplog, name)
+    message = record.getMessage()
+    assert message.startswith(f'External lock "{name}" waited on for 7.500s by {threading.current_thread().name}')
+    assert "in lane migration (then acquired; slow_wait threshold 5.000s)" in message
+    assert (record.fairlock_event, record.fairlock_lane, record.fairlock_seconds) == (  # type: ignore[attr-defined]
+        "slow_wait_external", "migration", 7.5)
+    # Under the threshold, or with the option off: nothing.
+    monkeypatch.setattr(backend, "acquire", real_acquire)
+    with lockutils.lock(name, external=True):
+        pass
+    assert len(slow_warnings(caplog, name)) == 1
