@@ -22,7 +22,8 @@ import pytest
 sys.exit(pytest.main(sys.argv[1:]))
 """
 
-SUITES = ["tests/test_generic_lock.py", "tests/test_local.py", "tests/test_green.py"]
+SUITES = ["tests/test_generic_lock.py", "tests/test_local.py", "tests/test_green.py", "tests/test_history.py",
+          "tests/test_metrics.py"]
 
 
 @pytest.mark.skipif(os.environ.get("FAIRLOCK_EVENTLET_CHILD") == "1", reason="already the child")
