@@ -20,6 +20,7 @@ from .errors import (
     UnknownTicketError,
 )
 from .local import Lock
+from .protocol import FairLock, FairLockStatistics
 from .registry import LockRegistry, get_lock, lock
 from .stats import LaneStatistics, LockStatistics, NameStatistics
 
@@ -35,6 +36,8 @@ __all__ = [
     "ArgumentTypeError",
     "Coalescer",
     "DeadlockError",
+    "FairLock",
+    "FairLockStatistics",
     "FairlockError",
     "InvalidArgumentError",
     "LaneStatistics",

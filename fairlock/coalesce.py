@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 from .context import current_lane
 from .errors import AcquireTimeout, ArgumentTypeError, InvalidArgumentError
 from .local import check_timeout
+from .protocol import LockLike
 from ._core import Lanes, successor
 
 __all__ = ["ALONE", "Coalescer", "CoalesceStatistics", "coalesced"]
@@ -118,7 +119,7 @@ class _Run:
     __slots__ = ("fn", "lock", "key", "args", "kwargs", "state", "outcome", "reps", "followers", "absorbed")
 
     def __init__(
-        self, fn: Callable[..., Any], lock: Any, key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, fn: Callable[..., Any], lock: LockLike, key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         self.fn = fn
         self.lock = lock  # strong reference: the pending table is keyed by id(lock)
@@ -139,12 +140,12 @@ class _Run:
 _RETRY = object()
 
 
-def _lanes_of(lock: Any) -> Lanes | None:
+def _lanes_of(lock: LockLike) -> Lanes | None:
     lanes = getattr(lock, "lanes", None)
     return lanes if isinstance(lanes, Lanes) else None
 
 
-def _effective_lane(lock: Any, lane: str | None) -> str | None:
+def _effective_lane(lock: LockLike, lane: str | None) -> str | None:
     """The lane ``lock`` will queue this caller in (None for a lock without lanes)."""
     lanes = _lanes_of(lock)
     if lanes is None:
@@ -156,9 +157,9 @@ def _effective_lane(lock: Any, lane: str | None) -> str | None:
     return context_lane if lanes.knows(context_lane) else lanes.default
 
 
-def _acquire(lock: Any, lane: str | None, timeout: float | None) -> bool:
+def _acquire(lock: LockLike, lane: str | None, timeout: float | None) -> bool:
     if _lanes_of(lock) is not None:
-        return bool(lock.acquire(True, -1 if timeout is None else timeout, lane))
+        return bool(lock.acquire(True, timeout, lane))
     if timeout is None:
         return bool(lock.acquire())
     return bool(lock.acquire(True, timeout))
@@ -218,7 +219,7 @@ class Coalescer:
 
     def call(
         self,
-        lock: Any,
+        lock: LockLike,
         key: Hashable,
         fn: Callable[..., Any],
         args: tuple[Any, ...] = (),
@@ -235,7 +236,7 @@ class Coalescer:
         """
         _check_call(lock, fn, args, kwargs)
         kwargs = {} if kwargs is None else kwargs
-        seconds = check_timeout(True, -1 if timeout is None else timeout)
+        seconds = check_timeout(True, timeout)
         my_lane = _effective_lane(lock, lane)
         with self._mutex:
             self._calls += 1
@@ -268,7 +269,7 @@ class Coalescer:
             return self._copy(outcome.value)
 
     def _run_alone(
-        self, lock: Any, lane: str | None, seconds: float | None, fn: Callable[..., Any],
+        self, lock: LockLike, lane: str | None, seconds: float | None, fn: Callable[..., Any],
         args: tuple[Any, ...], kwargs: dict[str, Any],
     ) -> Any:
         if not _acquire(lock, lane, seconds):
@@ -281,7 +282,7 @@ class Coalescer:
             lock.release()
 
     def _join(
-        self, lock: Any, key: Hashable, fn: Callable[..., Any], lane: str | None,
+        self, lock: LockLike, key: Hashable, fn: Callable[..., Any], lane: str | None,
         args: tuple[Any, ...], kwargs: dict[str, Any],
     ) -> tuple[_Run, _Follower | None]:
         """Join (or open) the pending run for this call: as its lane's representative or a follower."""
@@ -313,7 +314,7 @@ class Coalescer:
     # -- representatives --------------------------------------------------------------------------
 
     def _represent(
-        self, run: _Run, lock: Any, lane: str | None, deadline: float | None,
+        self, run: _Run, lock: LockLike, lane: str | None, deadline: float | None,
         key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any],
     ) -> Any:
         remaining = None if deadline is None else max(0.0, deadline - self._clock())
@@ -364,7 +365,7 @@ class Coalescer:
             del self._pending[id(run.lock)]
         self._runs += 1
 
-    def _execute(self, run: _Run, lock: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _execute(self, run: _Run, lock: LockLike, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             value = run.fn(*args, **kwargs)
         except Exception as exc:
@@ -426,7 +427,7 @@ class Coalescer:
     # -- followers --------------------------------------------------------------------------------
 
     def _follow(
-        self, run: _Run, follower: _Follower, lock: Any, lane: str | None, deadline: float | None,
+        self, run: _Run, follower: _Follower, lock: LockLike, lane: str | None, deadline: float | None,
         key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any],
     ) -> Any:
         remaining = None if deadline is None else max(0.0, deadline - self._clock())
@@ -484,11 +485,11 @@ class Coalescer:
         return f"<fairlock.coalesce.Coalescer {s.calls} call(s), {s.runs} run(s), {s.pending} pending>"
 
 
-def _is_lock(lock: Any) -> bool:
+def _is_lock(lock: LockLike) -> bool:
     return callable(getattr(lock, "acquire", None)) and callable(getattr(lock, "release", None))
 
 
-def _check_call(lock: Any, fn: Any, args: Any, kwargs: Any) -> None:
+def _check_call(lock: LockLike, fn: Any, args: Any, kwargs: Any) -> None:
     """Bad arguments fail before the call counts or queues (else deep inside, under the lock)."""
     if not _is_lock(lock):
         raise ArgumentTypeError(f"lock must have acquire() and release(), got {type(lock).__name__}")
@@ -500,7 +501,7 @@ def _check_call(lock: Any, fn: Any, args: Any, kwargs: Any) -> None:
         raise ArgumentTypeError(f"kwargs must be a mapping or None, got {type(kwargs).__name__}")
 
 
-def _owned(lock: Any) -> bool:
+def _owned(lock: LockLike) -> bool:
     owned = getattr(lock, "owned", None)
     return bool(owned()) if callable(owned) else False
 
@@ -511,7 +512,7 @@ def _wake(followers: list[_Follower]) -> None:
 
 
 def coalesced(
-    lock: Any,
+    lock: LockLike,
     *,
     key: Callable[..., Hashable] | None = None,
     covers: Callable[[Hashable, Hashable], bool] | None = None,
@@ -552,7 +553,7 @@ def coalesced(
     fixed = _is_lock(lock)
     if not fixed and not callable(lock):
         raise ArgumentTypeError("lock must be a lock object or a callable returning a lock or a name")
-    check_timeout(True, -1 if timeout is None else timeout)
+    check_timeout(True, timeout)
     if lane is not None:
         if fixed:
             _effective_lane(lock, lane)  # a lane the lock does not know fails now, not at each call

@@ -288,14 +288,20 @@ class Lock:
     # acquire(), __enter__, release() and __exit__ inline _primitives.current_token() and the
     # fast path: a call less is a fifth of the cost of an uncontended acquire+release.
 
-    def acquire(self, blocking: bool = True, timeout: float | None = -1, lane: str | None = None) -> bool:
+    def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool:
         """Take the lock; True if taken, False on timeout or when non-blocking and busy.
 
-        ``lane`` (a name from ``lanes``) overrides the context's :func:`fairlock.lane`.
+        ``timeout``: None (or -1, as for :class:`threading.Lock`) waits as long as it takes;
+        otherwise seconds >= 0 (``inf`` also means forever); with ``blocking=False`` no timeout
+        may be given. ``lane`` (a name from ``lanes``) overrides the context's
+        :func:`fairlock.lane`. The same contract as every fairlock lock (:class:`fairlock.FairLock`).
         """
         if lane is not None:
             self.lanes.rank(lane)
-        timeout = check_timeout(blocking, timeout) if blocking is not True or timeout != -1 else None
+        if blocking is not True or (timeout is not None and timeout != -1):
+            timeout = check_timeout(blocking, timeout)
+        else:
+            timeout = None
         was = self._owner
         try:
             if _threading.get_ident is _NATIVE_GET_IDENT:
@@ -769,6 +775,6 @@ def _grant_order(queue: FairQueue) -> list[tuple[int, str]]:
 
 def acquire_or_raise(lock: Lock, blocking: bool, timeout: float | None, lane: str | None) -> None:
     """Acquire for a context manager: a failed attempt raises AcquireTimeout."""
-    if not lock.acquire(blocking, -1 if timeout is None else timeout, lane):
+    if not lock.acquire(blocking, timeout, lane):
         what = "non-blocking acquire failed" if not blocking else f"not acquired within {timeout}s"
         raise AcquireTimeout(f"{lock!r}: {what}")

@@ -840,7 +840,7 @@ def _lock_generic(
     deadline = None if wait is None else _clock() + wait
     if do_log:
         LOG.debug('Acquiring lock "%s"', name)
-    if not int_lock.acquire(blocking, -1 if wait is None else wait, lane):
+    if not int_lock.acquire(blocking, wait, lane):
         raise AcquireLockFailedException(name)
     try:
         if do_log:

@@ -24,6 +24,10 @@ _names = itertools.count()
 
 
 class Handle(Protocol):
+    """What the generic tests use. A handle over a :class:`fairlock.FairLock` also has
+    ``fair_lock()`` (the lock object, for the calling thread); the tooz driver's and the
+    reader/writer lock's speak their own foreign protocols and have none."""
+
     def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool: ...
 
     def release(self) -> None: ...
@@ -49,6 +53,10 @@ class LockKind:
 class _LocalHandle:
     def __init__(self, lock: fairlock.Lock) -> None:
         self.lock = lock
+
+    def fair_lock(self) -> fairlock.FairLock:
+        """The :class:`fairlock.FairLock` behind the handle, for the calling thread."""
+        return self.lock
 
     def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool:
         return self.lock.acquire(blocking, -1 if timeout is None else timeout, lane)
@@ -89,6 +97,9 @@ class _LockutilsHandle:
         self._held: dict[int, list[Any]] = {}
 
     external = False
+
+    def fair_lock(self) -> fairlock.FairLock:
+        return self.lock  # the internal lock, an InternalLock
 
     def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool:
         manager = self.lockutils.lock(self.name, semaphores=self.semaphores, external=self.external, do_log=False,
@@ -175,6 +186,9 @@ class _EtcdHandle:
         with self._mutex:
             self.sessions.append(session)
         return session
+
+    def fair_lock(self) -> fairlock.FairLock:
+        return self._lock()
 
     def _lock(self) -> Any:
         if self.shared is not None:

@@ -554,4 +554,4 @@ def test_public_methods_document_the_timeout_convention() -> None:
     for method in (EtcdLock.acquire, EtcdLock.release, EtcdLock.statistics, EtcdLock.confirm_held,
                    EtcdLock.break_):
         assert method.__doc__ and len(method.__doc__.split()) > 8, method
-    assert "-1 or None" in (EtcdLock.acquire.__doc__ or "")
+    assert "None or -1" in (EtcdLock.acquire.__doc__ or "")  # one convention: None, -1 as threading

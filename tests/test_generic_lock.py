@@ -208,6 +208,31 @@ def test_release_by_non_owner_raises_and_lock_stays_held(kind: LockKind) -> None
     lock.release()
 
 
+def test_the_lock_satisfies_the_fair_lock_protocol(kind: LockKind) -> None:
+    import fairlock
+
+    handle = kind.make(LANES)
+    if not hasattr(handle, "fair_lock"):
+        pytest.skip("a foreign protocol (tooz's, fasteners' reader/writer lock)")
+    lock = handle.fair_lock()
+    assert isinstance(lock, fairlock.FairLock)
+    assert not lock.owned() and not lock.locked()
+    assert lock.acquire(True, None) is True  # None: no limit, for every kind
+    assert lock.owned() and lock.locked()
+    seen: list[bool] = []
+    start(lambda: seen.append(lock.owned())).join(10)
+    assert seen == [False]  # owned() is the calling thread's
+    stats = lock.statistics()
+    assert isinstance(stats, fairlock.FairLockStatistics)
+    assert tuple(stats.lanes) == LANES and stats.grants >= 1 and stats.waiting == 0
+    assert all(isinstance(lane, fairlock.LaneStatistics) for lane in stats.lanes.values())
+    lock.release()
+    assert not lock.owned() and not lock.locked()
+    with lock:
+        assert lock.owned()
+    assert not lock.owned()
+
+
 #: Cancelling a waiter from outside needs green threads: in native threads the only way out of a
 #: wait is a timeout (tests above). These run in the eventlet child of tests/test_eventlet.py.
 green_only = pytest.mark.skipif(not green_mode(), reason="cancels green threads; runs in the eventlet child")

@@ -30,7 +30,7 @@ class _ExternalEtcdLock:
 
     def acquire(self, blocking: bool = True, delay: float = 0.01, timeout: float | None = None) -> bool:
         # ``delay`` is the file lock's polling interval; etcd watches, it never polls.
-        return self.lock.acquire(blocking, -1 if timeout is None or not blocking else timeout)
+        return self.lock.acquire(blocking, timeout if blocking else None)
 
     def release(self) -> None:
         self.lock.release()

@@ -279,8 +279,15 @@ class EtcdLock:
         """
         return self._token is not None and self._lost_reason is None and self.session.alive()
 
+    def owned(self) -> bool:
+        """True if the calling thread (or green thread) holds the lock and the session is alive.
+
+        :meth:`is_held` for the calling thread: no I/O (see :class:`fairlock.FairLock`).
+        """
+        return self._local.owned() and self.is_held()
+
     def locked(self) -> bool:
-        """True if anyone (any process) holds the lock, as etcd says now."""
+        """True if anyone (any process) holds the lock, as etcd says now (one read)."""
         _, kvs = self._transport.get_range(self._owner_key)
         return bool(kvs)
 
@@ -315,10 +322,10 @@ class EtcdLock:
                                      [Delete(self._owner_key)])
         return result.succeeded
 
-    def acquire(self, blocking: bool = True, timeout: float | None = -1, lane: str | None = None) -> bool:
+    def acquire(self, blocking: bool = True, timeout: float | None = None, lane: str | None = None) -> bool:
         """Take the lock; True if taken, False on timeout or when non-blocking and busy.
 
-        ``timeout`` is -1 or None to wait as long as it takes (the default), or a number of
+        ``timeout`` is None or -1 to wait as long as it takes (the default), or a number of
         seconds >= 0 (``inf`` also means forever); with ``blocking=False`` no timeout may be
         given, as for :class:`threading.Lock`. Threads of this process queue locally first; only
         the local head queues in etcd. ``lane`` overrides the context's :func:`fairlock.lane`.
@@ -334,7 +341,7 @@ class EtcdLock:
         self.session.check()
         start = self._clock()
         deadline = None if timeout is None else start + timeout
-        if not self._local.acquire(bool(blocking), -1 if timeout is None else timeout, lane):
+        if not self._local.acquire(bool(blocking), timeout, lane):
             if blocking:
                 self._count_failure(lane, "timeouts")
             return False
