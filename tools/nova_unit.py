@@ -71,6 +71,7 @@ def run_module(name: str, verbosity: int) -> dict[str, Any]:
         "failed": len(failed),
         "skipped": len(result.skipped),
         "failed_tests": sorted(failed),
+        "passed_tests": sorted(result.passed),
         "seconds": round(time.monotonic() - started, 1),
     }
 
