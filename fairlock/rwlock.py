@@ -69,9 +69,10 @@ class ReaderWriterLock:
     (True, True, 'w')
 
     ``condition_cls`` is accepted for fasteners compatibility and not used (waiters park on
-    private locks). ``current_thread_functor`` names the caller; by default the thread or green
-    thread identity (``threading.get_ident`` looked up at each call, so it is green under
-    eventlet monkey patching, also in greenlets not made by ``eventlet.spawn``).
+    private locks). ``current_thread_functor`` names the caller; by default the identity
+    :class:`fairlock.Lock` uses: one per native thread, never reused by a later thread (unlike a
+    thread ident), or the current greenlet under eventlet monkey patching (also in greenlets not
+    made by ``eventlet.spawn``).
     """
 
     WRITER = "w"  #: :attr:`owner` while a writer holds the lock
@@ -87,7 +88,9 @@ class ReaderWriterLock:
         if current_thread_functor is not None and not callable(current_thread_functor):
             raise ArgumentTypeError("current_thread_functor must be callable or None")
         self.name = check_name(name)
-        self._current_thread: Callable[[], Hashable] = current_thread_functor or _primitives.get_ident
+        # The default identity is fairlock.Lock's: a token per native thread that a newer thread
+        # can never reuse (thread idents are recycled), or the greenlet under monkey patching.
+        self._current_thread: Callable[[], Hashable] = current_thread_functor or _primitives.current_token
         self._queue = RWQueue()
         # Guards the state below for a few lines at a time; nothing that can block runs under it.
         self._mutex = _threading.Lock()
