@@ -30,6 +30,7 @@ from fairlock.etcd.transport import (
     EtcdError,
     EtcdUnavailable,
     LeaseNotFound,
+    LeaseTimeToLive,
     Put,
     Range,
     Transport,
@@ -180,6 +181,38 @@ def test_keepalive_of_revoked_lease_raises(transport: Transport) -> None:
 
 
 @pytest.mark.slow
+def test_lease_time_to_live(transport: Transport, p: bytes) -> None:
+    lease, granted = transport.lease_grant(30)
+    left = transport.lease_time_to_live(lease)
+    assert left is not None and left.id == lease and left.granted_ttl == granted == 30
+    assert 25 <= left.ttl <= 30  # whole seconds, rounded down; a few may pass on a busy machine
+    if is_model(transport):
+        transport.advance(20.5)  # type: ignore[attr-defined]
+        assert transport.lease_time_to_live(lease) == LeaseTimeToLive(lease, 9, 30)
+    # Reading it refreshes nothing: a keepalive does (back to the granted TTL).
+    transport.txn([], [Put(p + b"k", b"v", lease=lease)])
+    assert transport.lease_keepalive(lease) == 30
+    again = transport.lease_time_to_live(lease)
+    assert again is not None and 25 <= again.ttl <= 30
+    transport.lease_revoke(lease)
+    assert transport.lease_time_to_live(lease) is None
+    assert transport.lease_time_to_live(lease + 12345) is None  # never existed: None as well
+    for bad, error in ((0, InvalidArgumentError), (-1, InvalidArgumentError), ("1", ArgumentTypeError),
+                       (True, ArgumentTypeError), (2**63, InvalidArgumentError)):
+        with pytest.raises(error):
+            transport.lease_time_to_live(bad)  # type: ignore[arg-type]
+
+
+def test_lease_time_to_live_of_an_expired_lease_is_none(transport: Transport, p: bytes) -> None:
+    lease, _ = transport.lease_grant(2)
+    transport.txn([], [Put(p + b"k", b"v", lease=lease)])
+    if is_model(transport):
+        transport.advance(2.1)  # type: ignore[attr-defined]
+    else:
+        wait_gone(transport, p + b"k", real_limit=6.0)
+    assert transport.lease_time_to_live(lease) is None
+
+
 def test_lease_expiry_deletes_keys(transport: Transport, p: bytes) -> None:
     lease, ttl = transport.lease_grant(2)
     assert ttl == 2

@@ -77,6 +77,15 @@ def check_bytes(name: str, value: object) -> bytes:
     return value
 
 
+def check_lease_id(lease_id: object) -> int:
+    """An etcd lease id: a positive int (etcd's ids are positive int64s)."""
+    if isinstance(lease_id, bool) or not isinstance(lease_id, int):
+        raise ArgumentTypeError(f"lease_id must be an int, got {type(lease_id).__name__}")
+    if not 0 < lease_id < 2**63:
+        raise InvalidArgumentError(f"lease_id must be a positive int64, got {lease_id}")
+    return lease_id
+
+
 def check_options(*, timeout: float, connect_timeout: float | None,
                   request_timeout: float | None, ca_cert: str | None, cert_cert: str | None,
                   cert_key: str | None, username: str | None, password: str | None) -> None:

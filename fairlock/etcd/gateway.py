@@ -66,6 +66,7 @@ from ._endpoints import (
     make_config,
 )
 from ._endpoints import check_bytes as _check_bytes
+from ._endpoints import check_lease_id as _check_lease_id
 from .config import DEFAULT_TIMEOUT, EtcdConfig, parse_url
 from .transport import (
     Compare,
@@ -75,6 +76,7 @@ from .transport import (
     EtcdUnavailable,
     KeyValue,
     LeaseNotFound,
+    LeaseTimeToLive,
     Put,
     Range,
     TxnResult,
@@ -394,6 +396,17 @@ class GatewayTransport(FailoverTransport):
             self._call("lease/revoke", {"ID": str(lease_id)}, idempotent=True)
         except LeaseNotFound:
             pass
+
+    def lease_time_to_live(self, lease_id: int) -> LeaseTimeToLive | None:
+        _check_lease_id(lease_id)
+        try:
+            answer = self._call("lease/timetolive", {"ID": str(lease_id)}, idempotent=True)
+        except LeaseNotFound:
+            return None
+        ttl = int(answer.get("TTL", -1))
+        if ttl < 0:  # etcd answers a lease it does not have with TTL -1
+            return None
+        return LeaseTimeToLive(lease_id, ttl, int(answer.get("grantedTTL", 0)))
 
     def watch(self, key: bytes, start_revision: int, range_end: bytes | None = None, *,
               no_put: bool = False, wakeup: Any = None) -> Watch:

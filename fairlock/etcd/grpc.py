@@ -80,6 +80,7 @@ from ._endpoints import (
     make_config,
 )
 from ._endpoints import check_bytes as _check_bytes
+from ._endpoints import check_lease_id as _check_lease_id
 from .config import DEFAULT_TIMEOUT, EtcdConfig, parse_transport_url
 from .transport import (
     Compare,
@@ -89,6 +90,7 @@ from .transport import (
     EtcdUnavailable,
     KeyValue,
     LeaseNotFound,
+    LeaseTimeToLive,
     Put,
     Range,
     TxnResult,
@@ -486,6 +488,17 @@ class GrpcTransport(FailoverTransport):
                         etcdrpc.LeaseRevokeRequest(ID=lease_id), idempotent=True)
         except LeaseNotFound:
             pass
+
+    def lease_time_to_live(self, lease_id: int) -> LeaseTimeToLive | None:
+        _check_lease_id(lease_id)
+        try:
+            answer = self._unary("lease time to live", lambda ep: ep.lease.LeaseTimeToLive,
+                                 etcdrpc.LeaseTimeToLiveRequest(ID=lease_id), idempotent=True)
+        except LeaseNotFound:
+            return None
+        if answer.TTL < 0:  # etcd answers a lease it does not have with TTL -1
+            return None
+        return LeaseTimeToLive(lease_id, answer.TTL, answer.grantedTTL)
 
     def watch(self, key: bytes, start_revision: int, range_end: bytes | None = None, *,
               no_put: bool = False, wakeup: Any = None) -> Watch:

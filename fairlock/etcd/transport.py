@@ -25,6 +25,7 @@ __all__ = [
     "Delete",
     "Range",
     "TxnResult",
+    "LeaseTimeToLive",
     "WatchEvent",
     "Watch",
     "Transport",
@@ -135,6 +136,17 @@ class TxnResult:
 
 
 @dataclass(frozen=True)
+class LeaseTimeToLive:
+    """What etcd says of a live lease (its LeaseTimeToLive call)."""
+
+    id: int
+    #: Whole seconds left before etcd expires the lease (etcd rounds down).
+    ttl: int
+    #: The TTL the lease was granted with (each keepalive sets ``ttl`` back to it).
+    granted_ttl: int
+
+
+@dataclass(frozen=True)
 class WatchEvent:
     type: Literal["PUT", "DELETE"]
     kv: KeyValue  # for DELETE: key and mod_revision (the deleting revision) are set
@@ -188,6 +200,11 @@ class Transport(abc.ABC):
         """Revoke a lease (deleting its keys); a missing lease is not an error."""
 
     @abc.abstractmethod
+    def lease_time_to_live(self, lease_id: int) -> LeaseTimeToLive | None:
+        """Time left of a lease, without refreshing it; None if it expired, was revoked or never
+        existed. Read-only (for observers such as ``fairlock inspect``)."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release connections and stop background threads; idempotent."""
 
@@ -218,6 +235,9 @@ class ForwardingTransport(Transport):
 
     def lease_revoke(self, lease_id: int) -> None:
         self.inner.lease_revoke(lease_id)
+
+    def lease_time_to_live(self, lease_id: int) -> LeaseTimeToLive | None:
+        return self.inner.lease_time_to_live(lease_id)
 
     def close(self) -> None:
         self.inner.close()

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 import threading as _threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ArgumentTypeError, InvalidArgumentError
-from ..etcd._endpoints import QueuedWatch
+from ..etcd._endpoints import QueuedWatch, check_lease_id
 from ..etcd.transport import (
     Compare,
     Delete,
@@ -42,6 +43,7 @@ from ..etcd.transport import (
     EtcdUnavailable,
     KeyValue,
     LeaseNotFound,
+    LeaseTimeToLive,
     Put,
     Range,
     Transport,
@@ -312,6 +314,17 @@ class EtcdModel:
             self._expire_due()
             self._revoke(lease_id)
 
+    def lease_time_to_live(self, lease_id: int) -> LeaseTimeToLive | None:
+        """Time left of a lease, as :meth:`fairlock.etcd.transport.Transport.lease_time_to_live`
+        (whole seconds, rounded down as etcd does)."""
+        check_lease_id(lease_id)
+        with self._mutex:
+            self._expire_due()
+            lease = self._leases.get(lease_id)
+            if lease is None:
+                return None
+            return LeaseTimeToLive(lease_id, max(0, math.floor(lease.expires_at - self.now())), lease.ttl)
+
     def watch(self, key: bytes, start_revision: int, range_end: bytes | None = None, *,
               no_put: bool = False, wakeup: Any = None) -> _ModelWatch:
         """Watch keys from ``start_revision``, as :meth:`fairlock.etcd.transport.Transport.watch`."""
@@ -459,6 +472,11 @@ class ModelTransport(Transport):
 
     def lease_revoke(self, lease_id: int) -> None:
         self._run("lease_revoke", lambda: self.model.lease_revoke(lease_id))
+
+    def lease_time_to_live(self, lease_id: int) -> LeaseTimeToLive | None:
+        result: LeaseTimeToLive | None = self._run(
+            "lease_time_to_live", lambda: self.model.lease_time_to_live(lease_id))
+        return result
 
     def close(self) -> None:
         if self._closed:
