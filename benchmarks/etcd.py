@@ -40,6 +40,7 @@ from typing import Any
 from ._etcd_runs import Target, contended, fencing_run, probe, uncontended
 from ._etcd_tables import render
 from ._args import json_file, positive_int, seconds
+from fairlock.etcd.cli import ENDPOINT_HELP, URL_HELP, add_etcd_arguments, where_from_args
 from ._report import Table, machine, progress
 
 __all__ = ["HELP", "add_arguments", "run", "FAIRLOCK", "FAIRLOCK_GRPC", "TOOZ", "TOOZ_FAIRLOCK", "ETCD3", "ETCD3_FORK", "V3LOCK", "LABELS"]
@@ -73,23 +74,6 @@ def _variant_list(text: str) -> list[str]:
     return [_SHORT[n] for n in names]
 
 
-def _etcd_url(text: str) -> str:
-    """An ``etcd3+http(s)://`` URL, checked when the command line is parsed (a usage error)."""
-    from fairlock.errors import FairlockError
-    from fairlock.etcd.config import parse_url
-
-    try:
-        parse_url(text)
-    except FairlockError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _endpoint(text: str) -> str:
-    """``http(s)://HOST:PORT`` of an etcd client port."""
-    return _etcd_url(text).rstrip("/")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reps", type=positive_int, default=5, help="repetitions (default 5)")
     parser.add_argument("--quick", action="store_true", help="short windows and few pairs: a smoke run")
@@ -100,9 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "4 with --quick); with --soak/--grants: workers (default 4)")
     parser.add_argument("--seconds", type=seconds, default=None,
                         help="measured window of each contended run (default 5, 1.5 with --quick)")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--endpoint", type=_endpoint, help="use this etcd (http://HOST:PORT) instead of starting one")
-    where.add_argument("--url", type=_etcd_url, help="use this etcd, as an etcd3+http://HOST:PORT URL")
+    add_etcd_arguments(parser, url_help="use this etcd instead of starting one: " + URL_HELP,
+                       endpoint_help="use this etcd instead of starting one: " + ENDPOINT_HELP)
     parser.add_argument("--only", type=_variant_list, metavar="VARIANTS",
                         help="run only these variants, comma-separated, of: " + ", ".join(_SHORT))
     parser.add_argument("--etcd3-python", metavar="PYTHON",
@@ -117,14 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _endpoint_of(args: argparse.Namespace) -> str | None:
-    if args.endpoint:
-        return str(args.endpoint).rstrip("/")
-    if args.url:
-        from fairlock.etcd.config import parse_url
-
-        config = parse_url(args.url)
-        return config.endpoints[0]
-    return None
+    where = where_from_args(args)
+    return None if where is None else where.config.endpoints[0]
 
 
 @contextlib.contextmanager

@@ -58,6 +58,7 @@ from ._fault_scenarios import (
     soak,
     waiter_kill,
 )
+from fairlock.etcd.cli import ENDPOINT_HELP, URL_HELP, add_etcd_arguments, where_from_args
 from ._args import json_file, positive_int, seconds
 from ._report import Table, machine, median, progress
 
@@ -83,15 +84,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="soak: a worker's threads share one two-level lock (judged for safety only)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--json", metavar="FILE", type=json_file, help="also write the figures as JSON")
-    parser.add_argument("--endpoint", help="use this etcd (http://HOST:PORT) instead of starting one "
-                                           "(then no etcd restarts)")
+    add_etcd_arguments(parser, url_help="use this etcd instead of starting one (then no etcd restarts): "
+                       + URL_HELP, endpoint_help="use this etcd instead of starting one (then no etcd "
+                       "restarts): " + ENDPOINT_HELP)
     parser.add_argument("--log-dir", help="keep the workers' grant logs here")
 
 
 @contextlib.contextmanager
 def _etcd(args: argparse.Namespace) -> Iterator[tuple[str, Any]]:
-    if args.endpoint:
-        yield args.endpoint.rstrip("/"), None
+    where = where_from_args(args)
+    if where is not None:
+        yield where.config.endpoints[0], None
         return
     from fairlock.testing import EtcdServer
 

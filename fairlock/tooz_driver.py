@@ -47,16 +47,17 @@ import threading as _threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote_to_bytes, urlencode
+from urllib.parse import quote, unquote_to_bytes
 
 import tooz
 from tooz import coordination, locking, utils
 
-from ._core import DEFAULT_MAX_BYPASS, Lanes, check_max_bypass
+from . import _toozurl
+from ._core import Lanes
 from ._nametable import NameTable
-from .errors import DeadlockError, FairlockError, InvalidArgumentError
+from .errors import DeadlockError, InvalidArgumentError
 from .local import check_timeout
-from .etcd.config import EtcdConfig, parse_url
+from .etcd.config import EtcdConfig
 from .etcd.gateway import GatewayTransport
 from .etcd.lock import EtcdLock, EtcdLockStatistics, check_lock_name
 from .etcd.session import DEFAULT_PREFIX, LockLost, Session, SessionLost
@@ -79,19 +80,8 @@ LOG = logging.getLogger("fairlock.tooz")
 T = TypeVar("T")
 
 #: tooz URL scheme -> the fairlock etcd URL scheme it stands for.
-SCHEMES = {"fairlock+etcd3+http": "etcd3+http", "fairlock+etcd3+https": "etcd3+https"}
+SCHEMES = _toozurl.SCHEMES
 
-#: Query parameters handed to ``fairlock.etcd.config.parse_url`` as they are.
-_CONNECTION_PARAMS = ("timeout", "connect_timeout", "request_timeout", "ca_cert", "cert_cert",
-                      "cert_key", "username", "password", "lease_ttl", "protocol")
-#: Parameters of the locks themselves (the same for every lock of the coordinator).
-_LOCK_PARAMS = ("lanes", "default_lane", "max_bypass")
-#: tooz's own (``executor``) and its etcd3gw driver's, accepted so that only the scheme changes.
-_TOOZ_PARAMS = ("executor", "lock_timeout", "membership_timeout", "api_version")
-_KNOWN_PARAMS = _CONNECTION_PARAMS + _LOCK_PARAMS + _TOOZ_PARAMS
-
-#: etcd3gw's default host when the URL names none.
-_DEFAULT_NETLOC = "localhost:2379"
 _NO_ELECTION = "leader election is not offered by the fairlock driver"
 #: How often one acquire starts over on a new session after its session was lost under it.
 _SESSION_RENEWALS = 3
@@ -699,64 +689,11 @@ class FairlockDriver(coordination.CoordinationDriverCachedRunWatchers,
 
 
 def _settings(parsed_url: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """Everything the driver needs from tooz's parsed URL and options, validated."""
-    scheme = str(parsed_url.scheme).lower()
-    if scheme not in SCHEMES:
-        raise ToozURLError(f"fairlock tooz URL: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
-    given: dict[str, str] = {}
-    for name, values in options.items():
-        if name not in _KNOWN_PARAMS:
-            raise ToozURLError(f"fairlock tooz URL: unknown parameter {name!r} "
-                               f"(known: {', '.join(_KNOWN_PARAMS)})")
-        if isinstance(values, (list, tuple)):
-            if len(values) != 1:
-                raise ToozURLError(f"fairlock tooz URL: parameter {name!r} given {len(values)} times")
-            values = values[0]
-        given[name] = values if isinstance(values, str) else str(values)
-
-    api_version = given.get("api_version")
-    if api_version is not None and api_version.strip("/") != "v3":
-        raise ToozURLError(f"fairlock tooz URL: api_version={api_version!r}: fairlock speaks etcd's "
-                           "/v3 gateway only (etcd >= 3.4)")
-    connection = {k: v for k, v in given.items() if k in _CONNECTION_PARAMS}
-    netloc = parsed_url.netloc or _DEFAULT_NETLOC
-    if netloc.rpartition("@")[2] == "":
-        netloc += _DEFAULT_NETLOC
-    etcd_url = f"{SCHEMES[scheme]}://{netloc}{parsed_url.path}"
-    if connection:
-        etcd_url += "?" + urlencode(connection)
+    """Everything the driver needs from tooz's parsed URL and options, validated (read by
+    :func:`fairlock._toozurl.settings`, which ``fairlock inspect`` shares)."""
     try:
-        config = parse_url(etcd_url)
-    except FairlockError as exc:  # its message names the bad part and hides any password
-        raise ToozURLError(f"fairlock tooz URL: {exc}") from None
-
-    lease_ttl = config.lease_ttl
-    legacy = {k: given[k] for k in ("lock_timeout", "membership_timeout") if k in given}
-    if lease_ttl is None and legacy:
-        seconds = []
-        for name, text in legacy.items():
-            if not text.isdigit():
-                raise ToozURLError(f"fairlock tooz URL: {name} must be a whole number of seconds, got {text!r}")
-            seconds.append(int(text))
-        lease_ttl = min(seconds)
-    if lease_ttl is not None and lease_ttl < 2:
-        raise ToozURLError(f"fairlock tooz URL: the lease TTL must be >= 2 seconds, got {lease_ttl}")
-
-    try:
-        lanes = None
-        if "lanes" in given or "default_lane" in given:
-            names = [n.strip() for n in given["lanes"].split(",")] if "lanes" in given else None
-            lanes = Lanes(names, given.get("default_lane")) if names is not None else Lanes(
-                default=given["default_lane"])
-        max_bypass: int | None = DEFAULT_MAX_BYPASS
-        if "max_bypass" in given:
-            text = given["max_bypass"]
-            if text.lower() == "none":
-                max_bypass = None
-            elif text.isdigit():
-                max_bypass = check_max_bypass(int(text))
-            else:
-                raise InvalidArgumentError(f"max_bypass must be a whole number or none, got {text!r}")
-    except (FairlockError, ValueError, TypeError) as exc:
-        raise ToozURLError(f"fairlock tooz URL: {exc}") from None
-    return {"config": config, "lease_ttl": lease_ttl, "lanes": lanes, "max_bypass": max_bypass}
+        found = _toozurl.settings(parsed_url, options)
+    except InvalidArgumentError as exc:
+        raise ToozURLError(str(exc)) from None
+    return {"config": found.config, "lease_ttl": found.lease_ttl, "lanes": found.lanes,
+            "max_bypass": found.max_bypass}

@@ -32,7 +32,7 @@ from typing import Any
 from ..errors import ArgumentTypeError, FairlockError, InvalidArgumentError
 from .transport import EtcdError, LeaseNotFound, Transport
 
-__all__ = ["Session", "SessionLost", "LockLost", "DEFAULT_TTL", "DEFAULT_PREFIX"]
+__all__ = ["Session", "SessionLost", "LockLost", "DEFAULT_TTL", "DEFAULT_PREFIX", "keepalive_interval"]
 
 LOG = logging.getLogger("fairlock.etcd")
 
@@ -40,6 +40,12 @@ DEFAULT_TTL = 10
 DEFAULT_PREFIX = "/fairlock"
 #: Pause before the next refresh after one failed (the transport has retried within the call).
 KEEPALIVE_RETRY = 0.5
+
+
+def keepalive_interval(ttl: float) -> float:
+    """Seconds between a session's lease refreshes, for a lease granted ``ttl`` seconds: a live
+    session's lease never has less than ``ttl`` minus one interval left, plus a refresh's time."""
+    return ttl / 3.0
 
 
 class SessionLost(FairlockError, RuntimeError):
@@ -240,7 +246,7 @@ class Session:
             self._mark_lost("the lease expired")
 
     def _keep_alive(self) -> None:
-        interval = pause = self.ttl / 3.0
+        interval = pause = keepalive_interval(self.ttl)
         # Wake at the validity deadline at the latest, so a session whose refreshes keep failing
         # is declared lost when etcd may expire it, not up to one interval later.
         while not self._closed.wait(max(0.0, min(pause, self.valid_for()))):
@@ -286,7 +292,7 @@ class Session:
             except EtcdError:
                 if self._closed.wait(pause):
                     return
-                pause = min(pause * 2, max(KEEPALIVE_RETRY, self.ttl / 3.0))
+                pause = min(pause * 2, max(KEEPALIVE_RETRY, keepalive_interval(self.ttl)))
 
     def _mark_lost(self, reason: str) -> None:
         # In the thread that found the loss (keepalive, deadline watch, or a caller of alive()):
