@@ -1178,8 +1178,28 @@ for command, args, says in [
     ("bench local", "--json /nonexistent-dir/x.json",
      "fairlock bench local: error: argument --json: directory '/nonexistent-dir' does not exist"),
     ("bench faults", "--soak nan", "fairlock bench faults: error: argument --soak: must be > 0 seconds"),
-    ("inspect", "", "fairlock inspect: error: the following arguments are required: --url"),
-    ("inspect", "--url ftp://x", "fairlock inspect: bad etcd URL 'ftp://x': scheme must be one of"),
+    ("inspect", "", "fairlock inspect: error: one of the arguments --url --endpoint --config-file is required"),
+    ("inspect", "--url ftp://x", "fairlock inspect: error: argument --url: bad etcd URL 'ftp://x': scheme must be one of"),
+    ("inspect", "--url etcd3+http://h:2379 --endpoint http://h:2379",
+     "fairlock inspect: error: argument --endpoint: not allowed with argument --url"),
+    ("inspect", "--url fairlock+etcd3+http://h:2379/p?bogus=1",
+     "fairlock inspect: error: argument --url: fairlock tooz URL: unknown parameter 'bogus'"),
+    ("inspect", "--url fairlock+etcd3+http://h:2379/p?lanes=a,b&default_lane=c",
+     "fairlock inspect: error: argument --url: fairlock tooz URL: unknown lane 'c'"),
+    ("inspect", "--endpoint etcd3+http://h:2379",
+     "fairlock inspect: error: argument --endpoint: endpoint 'etcd3+http://h:2379' is not http(s)://HOST:PORT"),
+    ("inspect", "--endpoint http://h:2379/prefix",
+     "fairlock inspect: error: argument --endpoint: endpoint 'http://h:2379/prefix' is http(s)://HOST:PORT "
+     "without a path or options; name a prefix with --url (its path)"),
+    ("inspect", "--url etcd3+http://h:2379 --prefix locks",
+     "fairlock inspect: error: argument --prefix: must start with '/', got 'locks'"),
+    ("inspect", "--url etcd3+http://h:2379 --lanes a,,b",
+     "fairlock inspect: error: argument --lanes: must be lane names separated by commas"),
+    ("inspect", "--url etcd3+http://h:2379 --max-bypass -1",
+     "fairlock inspect: error: argument --max-bypass: must be a whole number >= 0 or none, got '-1'"),
+    ("inspect", "--url etcd3+http://h:2379 --lanes a,b --default-lane c",
+     "fairlock inspect: error: unknown lane 'c'"),
+    ("bench faults", "--url ftp://x", "fairlock bench faults: error: argument --url: bad etcd URL 'ftp://x': scheme must be"),
     ("", "nosuch", "fairlock: error: argument COMMAND: invalid choice: 'nosuch'"),
 ]:
     case(G, f"python -m fairlock {command}".strip(), args or "(no arguments)", cli(*command.split(), *args.split()),
@@ -1188,10 +1208,37 @@ case(G, "python -m fairlock inspect", "--url to a closed port (timeout=1)",
      lambda w: cli("inspect", "--url", f"etcd3+http://127.0.0.1:{free_port()}?timeout=1")(w), ExitStatus,
      "exit status 1: fairlock inspect: no etcd endpoint answered", subject="cli",
      shows="exit status 1, the reason on stderr", within=15.0)
-for option, value in [("--url", "ftp://x"), ("--endpoint", "notaurl")]:
+for option, value, says in [("--url", "ftp://x", "bad etcd URL 'ftp://x': scheme must be"),
+                            ("--endpoint", "notaurl", "endpoint 'notaurl' is not http(s)://HOST:PORT")]:
     case(G, "python -m fairlock bench etcd", f"{option} {value}", cli("bench", "etcd", option, value), ExitStatus,
-         f"exit status 2: fairlock bench etcd: error: argument {option}: bad etcd URL {value!r}: scheme must be",
+         f"exit status 2: fairlock bench etcd: error: argument {option}: {says}",
          subject="cli", shows="exit status 2, usage error on stderr")
+
+
+def _config_file(text: str | None) -> Callable[[World], object]:
+    """``fairlock inspect --config-file FILE`` with ``text`` in FILE (None: no such file)."""
+    def run(w: World) -> object:
+        path = os.path.join(w.tmp, "nova.conf")
+        if text is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return cli("inspect", "--config-file", path)(w)
+
+    return run
+
+
+for what, text, says in [
+    ("a file that does not exist", None, "cannot read config file "),
+    ("no [oslo_concurrency] fairlock_backend_url", "[oslo_concurrency]\nlock_path = /tmp\n",
+     "[oslo_concurrency] fairlock_backend_url is not set in "),
+    ("fairlock_backend_url = ftp://x", "[oslo_concurrency]\nfairlock_backend_url = ftp://x\n",
+     "[oslo_concurrency] options in "),
+    ("fairlock_max_bypass = -1", "[oslo_concurrency]\nfairlock_backend_url = etcd3+http://h:2379\n"
+     "fairlock_max_bypass = -1\n", "[oslo_concurrency] options: "),
+]:
+    case(G, "python -m fairlock inspect", f"--config-file with {what}", _config_file(text), ExitStatus,
+         f"exit status 2: fairlock inspect: error: {says}", subject="cli",
+         shows="exit status 2, usage error on stderr")
 
 IDS = [c.id for c in CASES]
 assert len(IDS) == len(set(IDS)), [i for i in IDS if IDS.count(i) > 1]

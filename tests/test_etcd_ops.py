@@ -3,7 +3,6 @@ leader, lockutils' external=True on etcd, and ``fairlock inspect``."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,6 @@ import pytest
 
 from fairlock.etcd import EtcdAuthError, EtcdLock, Session
 from fairlock.etcd.gateway import GatewayTransport
-from fairlock.etcd.inspect import format_locks, read_locks
 from fairlock.etcd.transport import prefix_end
 
 from .kinds import start, wait_for
@@ -130,40 +128,6 @@ def test_lockutils_external_locks_are_etcd_locks_across_processes(lockutils_on_e
     finally:
         proc.kill()
         proc.wait()
-
-
-def test_inspect_lists_holder_and_queue(etcd_server: Any, etcd_prefix: bytes) -> None:
-    prefix = etcd_prefix.decode().rstrip("/")
-    sessions = [Session(GatewayTransport([etcd_server.endpoint]), prefix=prefix) for _ in range(3)]
-    try:
-        holder = EtcdLock("busy/lock", sessions[0])
-        assert holder.acquire()
-        threads = []
-        for session, lane in ((sessions[1], "low"), (sessions[2], "high")):
-            lock = EtcdLock("busy/lock", session)
-            threads.append(start(lambda lock=lock, lane=lane: (lock.acquire(lane=lane), lock.release())))
-            wait_for(lambda n=len(threads): len(read_locks(sessions[0].transport, prefix.encode())[0].waiters) == n)
-        views = read_locks(sessions[0].transport, prefix.encode())
-        assert [v.name for v in views] == ["busy/lock"]
-        view = views[0]
-        assert view.holder is not None and view.holder.fencing_token == holder.fencing_token
-        assert [w.lane for w in view.waiters] == ["low", "high"]
-        text = format_locks(read_locks(sessions[0].transport, prefix.encode(), "busy/lock"), detail=True)
-        assert "lane high: 1 waiting" in text and "lane low: 1 waiting" in text
-        out = subprocess.run([sys.executable, "-m", "fairlock", "inspect", "--url",
-                              etcd_server.url(prefix), "--json", "busy/lock"],
-                             capture_output=True, text=True, timeout=60, cwd=ROOT)
-        assert out.returncode == 0, out.stderr
-        data = json.loads(out.stdout)
-        assert data[0]["holder"]["fencing_token"] == holder.fencing_token
-        assert len(data[0]["waiters"]) == 2
-        holder.release()
-        for t in threads:
-            t.join(30)
-        assert read_locks(sessions[0].transport, prefix.encode()) == []
-    finally:
-        for s in sessions:
-            s.close()
 
 
 def test_inspect_bad_url_is_a_clear_error() -> None:

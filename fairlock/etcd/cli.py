@@ -103,22 +103,28 @@ def resolve_endpoint(endpoint: str) -> Where:
 
 def read_config_files(paths: Sequence[str]) -> Where:
     """The etcd, prefix and policy of ``fairlock.lockutils``' external locks in these files."""
+    files = ", ".join(paths)
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise InvalidArgumentError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
         values = _read_with_oslo(paths)
     except ImportError:  # no oslo.concurrency (or oslo.config) here: read the INI files ourselves
         values = _read_with_configparser(paths)
-    source = "--config-file " + ",".join(paths)
     url = values["fairlock_backend_url"]
     if not url:
-        raise InvalidArgumentError(f"{', '.join(paths)}: [{_GROUP}] fairlock_backend_url is not set "
-                                   "(external locks are then files under lock_path, not in etcd)")
+        raise InvalidArgumentError(f"[{_GROUP}] fairlock_backend_url is not set in {files} (external "
+                                   "locks are then files under lock_path, not in etcd)")
     try:
         kind, config = parse_transport_url(url)
         policy = Policy.of(Lanes(values["fairlock_lanes"], values["fairlock_default_lane"]), None,
                            values["fairlock_max_bypass"])
     except FairlockError as exc:
-        raise InvalidArgumentError(f"{', '.join(paths)}: [{_GROUP}]: {exc}") from None
-    return Where(kind, config, config.prefix or DEFAULT_PREFIX, policy, source, True)
+        raise InvalidArgumentError(f"[{_GROUP}] options in {files}: {exc}") from None
+    return Where(kind, config, config.prefix or DEFAULT_PREFIX, policy, "--config-file " + files, True)
 
 
 def _read_with_oslo(paths: Sequence[str]) -> dict[str, Any]:
@@ -135,7 +141,7 @@ def _read_with_oslo(paths: Sequence[str]) -> dict[str, Any]:
         return {name: group[name] for name in ("fairlock_backend_url", "fairlock_lanes",
                                                "fairlock_default_lane", "fairlock_max_bypass")}
     except (cfg.Error, ValueError) as exc:
-        raise InvalidArgumentError(f"cannot read {', '.join(paths)}: {exc}") from None
+        raise InvalidArgumentError(f"[{_GROUP}] options: {exc}") from None
     finally:
         conf.reset()
 
@@ -152,9 +158,9 @@ def _read_with_configparser(paths: Sequence[str]) -> dict[str, Any]:
             with open(path, encoding="utf-8") as f:
                 parser.read_file(f)
         except OSError as exc:
-            raise InvalidArgumentError(f"cannot read {path}: {exc.strerror}") from None
+            raise InvalidArgumentError(f"cannot read config file {path}: {exc.strerror}") from None
         except configparser.Error as exc:
-            raise InvalidArgumentError(f"cannot read {path}: {exc}") from None
+            raise InvalidArgumentError(f"[{_GROUP}] options: {exc}") from None
         if not parser.has_section(_GROUP):
             continue
         for name in values:
@@ -165,8 +171,8 @@ def _read_with_configparser(paths: Sequence[str]) -> dict[str, Any]:
     text = values["fairlock_max_bypass"]
     if isinstance(text, str):
         if not text.strip().isdigit():
-            raise InvalidArgumentError(f"{', '.join(paths)}: [{_GROUP}] fairlock_max_bypass must be a "
-                                       f"whole number >= 0, got {text!r}")
+            raise InvalidArgumentError(f"[{_GROUP}] options: fairlock_max_bypass must be a whole "
+                                       f"number >= 0, got {text!r} (in {', '.join(paths)})")
         values["fairlock_max_bypass"] = int(text)
     return values
 

@@ -110,6 +110,7 @@ class NextView:
 
     ticket: int
     lane: str
+    #: Tickets of the waiters this grant overtakes (each counted once more), oldest first.
     overtakes: list[int] = field(default_factory=list)
 
 
@@ -189,7 +190,7 @@ def inspect_locks(transport: Transport, prefix: bytes, policy: Policy, name: str
             waiters.append(WaiterView(w.ticket, w.host, w.pid, w.thread, w.session, lane, count,
                                       _age(w.since, at), lease_of.get(w.lease), foreign))
         grant = decide(policy, snap.queue)
-        nxt = None if grant is None else NextView(grant.ticket, grant.lane, [t for t, _ in grant.overtaken])
+        nxt = None if grant is None else NextView(grant.ticket, grant.lane, sorted(t for t, _ in grant.overtaken))
         views.append(LockView(lock.name, holder, waiters, nxt))
     return found, views
 
