@@ -1237,7 +1237,7 @@ for what, text, says in [
      "fairlock_max_bypass = -1\n", "[oslo_concurrency] options: "),
 ]:
     case(G, "python -m fairlock inspect", f"--config-file with {what}", _config_file(text), ExitStatus,
-         f"exit status 2: fairlock inspect: error: {says}", subject="cli",
+         f"exit status 2: fairlock inspect: error: {says.strip()}", subject="cli",
          shows="exit status 2, usage error on stderr")
 
 IDS = [c.id for c in CASES]

@@ -240,16 +240,21 @@ def format_locks(views: list[LockView], detail: bool, policy: Policy | None = No
         return f"no locks held or waited on{where}"
     lines = []
     if not detail:
-        lines.append(f"{'lock':36} {'holder':36} {'token':>8} {'held':>7}  {'holder session':18} "
-                     f"{'waiting (' + ', '.join(lanes) + ')':28} next")
+        rows = [["lock", "holder", "token", "held", "holder session", f"waiting ({', '.join(lanes)})", "next"]]
         for v in views:
             h = v.holder
-            holder = _who(h.host, h.pid, h.thread) if h else "(none: grant pending)"
             per_lane = v.waiting_per_lane()
-            waiting = " ".join(str(per_lane.get(lane, 0)) for lane in lanes) if v.waiters else "-"
-            lines.append(f"{v.name:36} {holder:36} {h.fencing_token if h else '-':>8} "
-                         f"{_seconds(h.held_for) if h else '-':>7}  {_short_lease(h.lease) if h else '-':18} "
-                         f"{waiting:28} {_next(v)}")
+            rows.append([
+                v.name, _who(h.host, h.pid, h.thread) if h else "(none: grant pending)",
+                str(h.fencing_token) if h else "-", _seconds(h.held_for) if h else "-",
+                _short_lease(h.lease) if h else "-",
+                " ".join(str(per_lane.get(lane, 0)) for lane in lanes) if v.waiters else "-", _next(v),
+            ])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            cells = [cell.rjust(w) if i in (2, 3) else cell.ljust(w)
+                     for i, (cell, w) in enumerate(zip(row, widths))]
+            lines.append("  ".join(cells).rstrip())
         return "\n".join(lines)
     for v in views:
         lines.append(f"lock {v.name!r}")
@@ -265,11 +270,13 @@ def format_locks(views: list[LockView], detail: bool, policy: Policy | None = No
         by_lane: dict[str, list[WaiterView]] = {lane: [] for lane in lanes}
         for w in v.waiters:
             by_lane.setdefault(w.lane, []).append(w)
+        who_width = max((len(_who(w.host, w.pid, w.thread)) for w in v.waiters), default=0)
+        ticket_width = max((len(str(w.ticket)) for w in v.waiters), default=0)
         for lane, waiters in by_lane.items():
             lines.append(f"    {lane}: {len(waiters)} waiting")
             for w in waiters:
                 foreign = f"  stored lane {w.foreign_lane!r} unknown here: due" if w.foreign_lane else ""
-                lines.append(f"      ticket {w.ticket:>8}  {_who(w.host, w.pid, w.thread):32}  waiting "
+                lines.append(f"      ticket {w.ticket:>{ticket_width}}  {_who(w.host, w.pid, w.thread):{who_width}}  waiting "
                              f"{_seconds(w.waiting_for):>7}  overtaken {w.overtaken}  {_lease(w.lease)}{foreign}")
         if v.next is None:
             lines.append("  next: nobody waits")
