@@ -343,6 +343,7 @@ def test_nothing_found_says_which_prefix_keys_and_endpoint(etcd_server: Any, etc
                                  f"(read keys '{prefix}/locks/some%2Flock/'"), one.stdout
     data = json.loads(inspect_cli("--url", etcd_server.url(prefix), "--json").stdout)
     assert data["locks"] == [] and data["prefix"] == prefix and data["endpoint"] == etcd_server.endpoint
+    assert data["source"] == "--url"
 
 
 def test_bench_commands_name_etcd_the_same_way() -> None:

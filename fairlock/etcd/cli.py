@@ -59,10 +59,8 @@ class Where:
     prefix: str
     #: The locks' lanes and K as their users configure them (the default when not said).
     policy: Policy
-    #: How it was named, for messages: "--url", "--endpoint", "--config-file nova.conf".
+    #: How it was named: "--url", "--endpoint", "--config-file nova.conf".
     source: str
-    #: True when the source said which lanes and K the locks use.
-    policy_given: bool = False
 
     def transport(self) -> Any:
         """A new transport to this etcd (the caller closes it)."""
@@ -84,8 +82,7 @@ def resolve_url(url: str, source: str = "--url") -> Where:
 
         tooz = parse_tooz_url(url)
         policy = Policy.of(tooz.lanes, None, tooz.max_bypass)
-        given = tooz.lanes is not None or tooz.max_bypass != DEFAULT_MAX_BYPASS
-        return Where("gateway", tooz.config, tooz.config.prefix or DEFAULT_PREFIX, policy, source, given)
+        return Where("gateway", tooz.config, tooz.config.prefix or DEFAULT_PREFIX, policy, source)
     kind, config = parse_transport_url(url)
     return Where(kind, config, config.prefix or DEFAULT_PREFIX, Policy.of(), source)
 
@@ -124,7 +121,7 @@ def read_config_files(paths: Sequence[str]) -> Where:
                            values["fairlock_max_bypass"])
     except FairlockError as exc:
         raise InvalidArgumentError(f"[{_GROUP}] options in {files}: {exc}") from None
-    return Where(kind, config, config.prefix or DEFAULT_PREFIX, policy, "--config-file " + files, True)
+    return Where(kind, config, config.prefix or DEFAULT_PREFIX, policy, "--config-file " + files)
 
 
 def _read_with_oslo(paths: Sequence[str]) -> dict[str, Any]:

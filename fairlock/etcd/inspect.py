@@ -133,6 +133,8 @@ class LockView:
 class InspectResult:
     """Everything one ``fairlock inspect`` read: where, at which revision, under which policy."""
 
+    #: How etcd was named: "--url", "--endpoint" or "--config-file FILE".
+    source: str
     prefix: str
     endpoint: str
     revision: int
@@ -371,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         transport.close()
     if args.json:
-        result = InspectResult(where.prefix, endpoint, found.revision,
+        result = InspectResult(where.source, where.prefix, endpoint, found.revision,
                                (found.start.decode(errors="replace"), found.end.decode(errors="replace")),
                                list(policy.lanes.names), policy.lanes.default, policy.max_bypass, views)
         print(json.dumps(asdict(result), indent=2))
