@@ -26,7 +26,7 @@ sys.exit(pytest.main(sys.argv[1:]))
 KIND_SKIPS = ("no lanes", "a foreign protocol")
 
 SUITES = ["tests/test_generic_lock.py", "tests/test_local.py", "tests/test_green.py", "tests/test_history.py",
-          "tests/test_metrics.py"]
+          "tests/test_metrics.py", "tests/test_rwlock.py"]
 
 
 @pytest.mark.skipif(os.environ.get("FAIRLOCK_EVENTLET_CHILD") == "1", reason="already the child")

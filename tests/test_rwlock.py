@@ -389,3 +389,58 @@ def test_fasteners_constructor_arguments_are_accepted() -> None:
     with rw.write_lock():
         assert rw.is_writer()
     assert "free" in repr(rw)
+
+
+def test_readers_and_writers_exclude_each_other_under_load() -> None:
+    """Many threads mixing reads, writes, nested reads and timeouts: a writer is always alone,
+    readers may share, and nothing is left held or queued at the end."""
+    rw = ReaderWriterLock()
+    state = {"readers": 0, "writers": 0, "max_readers": 0}
+    guard = threading.Lock()
+    violations: list[str] = []
+    rounds = 150
+
+    def check(entering: str) -> None:
+        with guard:
+            if entering == "w-still":
+                pass
+            elif entering == "w":
+                state["writers"] += 1
+            else:
+                state["readers"] += 1
+                state["max_readers"] = max(state["max_readers"], state["readers"])
+            if state["writers"] > 1 or (state["writers"] and state["readers"]):
+                violations.append(f"{state}")
+
+    def leave(kind: str) -> None:
+        with guard:
+            state["writers" if kind == "w" else "readers"] -= 1
+
+    def worker(seed: int) -> None:
+        for i in range(rounds):
+            choice = (seed * 31 + i * 7) % 5
+            if choice == 0:
+                with rw.write_lock():
+                    check("w")
+                    with rw.read_lock():  # a writer reads inside
+                        threading.Event().wait(0.0005)  # others arrive while it writes
+                    check("w-still")
+                    leave("w")
+            elif choice == 1:
+                if rw.acquire_write_lock(timeout=0.001):
+                    check("w")
+                    leave("w")
+                    rw.release_write_lock()
+            else:
+                with rw.read_lock():
+                    check("r")
+                    if i % 10 == 0:
+                        threading.Event().wait(0.0005)  # let others in while reading
+                    leave("r")
+
+    threads = [start(lambda s=s: worker(s)) for s in range(8)]
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert violations == []
+    assert rw.owner is None and rw.waiting() == 0 and not rw.has_pending_writers
