@@ -353,3 +353,63 @@ def test_bench_commands_name_etcd_the_same_way() -> None:
         assert out.returncode == 0, out.stderr
         assert "--url URL" in out.stdout and "--endpoint ENDPOINT" in out.stdout, command
         assert "fairlock+etcd3+http(s)://" in " ".join(out.stdout.split()), command
+
+
+def test_inspect_with_etcd_users_and_tls(etcd_auth_server: Any, etcd_tls_server: Any, etcd_prefix: bytes) -> None:
+    """LeaseTimeToLive and the range read go with the user's token, and over TLS."""
+    prefix = etcd_prefix.decode().rstrip("/")
+    creds = etcd_auth_server.credentials
+    for url in (etcd_auth_server.url(prefix, username=creds.username, password=creds.password),
+                etcd_tls_server.url(prefix)):
+        q = Queue(url)
+        try:
+            q.hold()
+            q.queue("high")
+            out = inspect_cli("--url", url, "--json", NAME)
+            assert out.returncode == 0, out.stderr
+            (lock,) = json.loads(out.stdout)["locks"]
+            assert lock["holder"]["lease"]["status"] == "alive"
+            assert [w["lease"]["status"] for w in lock["waiters"]] == ["alive"]
+            assert creds.password not in out.stdout + out.stderr
+        finally:
+            q.close()
+
+
+def _doc_example_views() -> list[Any]:
+    from fairlock.etcd.inspect import HolderView, LeaseView, LockView, NextView, WaiterView
+
+    alive = LeaseView("x", ALIVE, 7, 9)
+    waiter = lambda ticket, thread, lane, age: WaiterView(  # noqa: E731
+        ticket, "compute-1", 17121, thread, "s", lane, 0, age, alive)
+    return [
+        LockView("compute_resources", HolderView("compute-1", 17121, "MainThread", "s", "normal", 3, 2.5,
+                                                 LeaseView("a", ALIVE, 8, 9))),
+        LockView("refresh_cache-8a4f3c",
+                 HolderView("compute-2", 17144, "ThreadPoolExecutor-0_12", "5016a2464e706007", "events", 2, 7.1,
+                            LeaseView("5016a2464e706007", NOT_REFRESHING, 1, 9)),
+                 [waiter(4, "ThreadPoolExecutor-0_3", "events", 7.0), waiter(5, "ThreadPoolExecutor-0_40", "events", 6.3),
+                  waiter(6, "ThreadPoolExecutor-0_7", "migration", 5.6)],
+                 NextView(6, "migration", [4, 5])),
+    ]
+
+
+def test_the_docs_example_is_what_inspect_prints() -> None:
+    """doc/source/etcd.rst shows format_locks' output for these views, character for character."""
+    policy = Policy.of(("migration", "normal", "events"))
+    views = _doc_example_views()
+    doc = (ROOT / "doc" / "source" / "etcd.rst").read_text()
+    for command, text in (("", format_locks(views, False, policy)),
+                          (" refresh_cache-8a4f3c", format_locks(views[1:], True, policy))):
+        block = f"    $ fairlock inspect --config-file /etc/nova/nova.conf{command}\n" + "".join(
+            f"    {line}\n" for line in text.splitlines())
+        assert block in doc, block
+
+
+def test_a_lock_without_holder_says_the_grant_is_due_now() -> None:
+    views = _doc_example_views()[1:]
+    orphaned = [type(views[0])(views[0].name, None, views[0].waiters, views[0].next)]
+    text = format_locks(orphaned, True, Policy.of(("migration", "normal", "events")))
+    assert "holder: none (free, or a grant is pending after a holder's lease expired)" in text
+    assert "next, now (the lock has no holder): ticket 6" in text
+    summary = format_locks(orphaned, False, Policy.of(("migration", "normal", "events")))
+    assert "(none: grant pending)" in summary
