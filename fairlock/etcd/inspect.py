@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
 
 from .._core import Policy, check_max_bypass, decide
 from ..errors import FairlockError
