@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 import weakref
 from _weakref import _remove_dead_weakref  # what WeakValueDictionary uses: deletes only a dead entry
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
-
-from ._primitives import fresh_mutex_in_child
 
 __all__ = ["NameTable"]
 
@@ -22,19 +19,16 @@ class NameTable(Generic[L]):
 
     ``factory(name)``, if given, makes the object of a name nobody holds: :meth:`obtain`.
 
-    The lookup of a live name takes no mutex (one dict lookup and one weak reference call);
-    creating one does. Cheaper than ``weakref.WeakValueDictionary`` (no KeyError on a miss, no
+    No mutex (so none that a forked child could find held): a live name costs one dict lookup
+    and one weak reference call, a new one a ``dict.setdefault``. Cheaper than ``weakref.WeakValueDictionary`` (no KeyError on a miss, no
     Python-level KeyedRef per entry): lockutils and the registry look up a name on every use.
     """
 
-    __slots__ = ("_refs", "_mutex", "_factory", "__weakref__")
+    __slots__ = ("_refs", "_factory", "__weakref__")
 
     def __init__(self, factory: Callable[[str], L] | None = None) -> None:
         self._factory = factory
         self._refs: dict[str, weakref.ref[Any]] = {}
-        # Guards insertion only; nothing that can block or yield runs under it.
-        self._mutex = threading.Lock()
-        fresh_mutex_in_child(self)
 
     def get(self, name: str) -> L | None:
         """The live object called ``name``, or None (also for an unhashable name)."""
@@ -45,20 +39,25 @@ class NameTable(Generic[L]):
         return None if ref is None else ref()
 
     def insert(self, name: str, candidate: L) -> L:
-        """The live object called ``name``; ``candidate`` becomes it if there is none."""
+        """The live object called ``name``; ``candidate`` becomes it if there is none.
+
+        Lock-free: ``dict.setdefault`` decides atomically which of two racing inserts wins, and a
+        dead entry still waiting for its callback is removed only while it is dead."""
         refs = self._refs
-        with self._mutex:
-            ref = refs.get(name)
-            found = None if ref is None else ref()
-            if found is None:
-                found = candidate
-                refs[name] = weakref.ref(candidate, _forgetter(refs, name))
-            return found  # type: ignore[return-value]
+        ref = weakref.ref(candidate, _forgetter(refs, name))
+        while True:
+            existing = refs.setdefault(name, ref)
+            if existing is ref:
+                return candidate
+            found = existing()
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+            _remove_dead_weakref(refs, name)
 
     def obtain(self, name: str) -> L:
-        """The live object called ``name``, made by the factory if there is none. The factory
-        runs outside the mutex (it may read configuration, or fail); if two threads make one at
-        once, both get the one inserted first."""
+        """The live object called ``name``, made by the factory if there is none. The factory may
+        read configuration, or fail; if two threads make one at once, both get the one inserted
+        first."""
         found = self.get(name)
         if found is None:
             if self._factory is None:
@@ -81,8 +80,8 @@ class NameTable(Generic[L]):
 
 
 def _forgetter(refs: dict[str, Any], name: str) -> Callable[[Any], None]:
-    # Runs in whichever thread drops the last reference, maybe while it holds the table's mutex:
-    # so no mutex here. _remove_dead_weakref deletes the entry only if it is still a dead
+    # Runs in whichever thread drops the last reference, at any point of its code: so it takes no
+    # lock. _remove_dead_weakref deletes the entry only if it is still a dead
     # reference, never a newer one for the same name.
     def forget(_: Any) -> None:
         _remove_dead_weakref(refs, name)

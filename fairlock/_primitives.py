@@ -48,10 +48,12 @@ class Token:
         return f"<fairlock owner {thread_name(self.ident)}>"
 
 
-# Captured at import. When fairlock is imported before eventlet.monkey_patch(), these are the
-# native ones and a later patch is detected by threading.get_ident no longer being this function;
-# when imported after, both are eventlet's and a thread-local token is per green thread.
-NATIVE_GET_IDENT = _thread.get_ident
+# Captured at import: the native get_ident, or None when fairlock is imported after
+# eventlet.monkey_patch() (then _thread.get_ident is eventlet's). The hot paths take a
+# thread-local token while threading.get_ident is still this function, and the current greenlet
+# otherwise: a patch made after the import is seen at once, and eventlet's green thread-local
+# (a Python object, ten times slower than the native one) is never used.
+NATIVE_GET_IDENT: Any = None if type(threading.Lock()).__module__.startswith("eventlet") else _thread.get_ident
 TOKENS = _thread._local()
 
 
@@ -71,6 +73,11 @@ def current_token() -> Any:
             return TOKENS.token
         except AttributeError:
             return new_token()
+    return green_token()
+
+
+def green_token() -> Any:
+    """The current greenlet (eventlet's green thread is one); greenlet was imported by eventlet."""
     return sys.modules["greenlet"].getcurrent()
 
 

@@ -120,7 +120,12 @@ def _check_threshold(name: str, value: object) -> float | None:
 
 
 def _green_token() -> Any:
-    return sys.modules["greenlet"].getcurrent()
+    """The current greenlet. The first call rebinds this name to greenlet's own getcurrent, so
+    the hot paths then call C directly (greenlet was imported by eventlet, never by us)."""
+    global _green_token
+    getcurrent = sys.modules["greenlet"].getcurrent
+    _green_token = getcurrent
+    return getcurrent()
 
 
 #: The lock word's value while the lock passes from one owner to the next under ``_mutex``.
