@@ -260,7 +260,7 @@ def _build_lanes(
 
 _options_cache: tuple[tuple[Any, ...], bool, tuple[Any, ...], dict[str, Any]] | None = None
 
-# The keys, in oslo.config's value cache, of the options _lock_options reads.
+# The options _lock_options reads, as (group, name).
 _OPTION_KEYS = tuple(
     ("oslo_concurrency", option)
     for option in ("fairlock_lanes", "fairlock_default_lane", "fairlock_max_bypass", "fairlock_slow_wait",
@@ -273,15 +273,15 @@ def _lock_options() -> dict[str, Any]:
     global _options_cache
     cached = _options_cache
     record_holds = _history._record_holds
-    if cached is not None and cached[1] is record_holds:
-        # Reading the options through CONF costs a few microseconds: more than the rest of an
-        # uncontended lock(name). oslo.config keeps the values it returned in a private cache
-        # that every change (set_override, set_default, reload, ...) clears; while that cache still
-        # holds the very objects we read last time, nothing changed. Without that cache (another
-        # oslo.config), we simply read CONF every time.
-        values = CONF.__dict__.get("_ConfigOpts__cache")
-        if values is not None and tuple(map(values.get, _OPTION_KEYS)) == cached[0]:
-            return cached[3]
+    # Reading the options through CONF costs microseconds: more than the rest of an uncontended
+    # lock(name). oslo.config keeps every value it returned in a private cache, which it empties
+    # on every change (set_override, set_default, reload, mutation, ...). We leave a mark of our
+    # own in that cache when we read the options: while the mark is there, nothing changed. (Only
+    # get, set and clear ever touch that dict; without it -- another oslo.config -- we simply
+    # read CONF every time.)
+    values = CONF.__dict__.get("_ConfigOpts__cache")
+    if cached is not None and cached[1] is record_holds and values is not None and values.get(_MARK) is cached:
+        return cached[3]
     group = CONF.oslo_concurrency
     read = tuple(getattr(group, option) for _, option in _OPTION_KEYS)
     key = (tuple(read[0]), *read[1:], record_holds)
@@ -291,8 +291,14 @@ def _lock_options() -> dict[str, Any]:
         lanes, max_bypass = _build_lanes(*key[:3])
         options = {"lanes": lanes, "max_bypass": max_bypass, "reentrant": False, **_slow_options(*key[3:5]),
                    "record_holds": record_holds}
-    _options_cache = (read, record_holds, key, options)
+    _options_cache = cached = (read, record_holds, key, options)
+    if isinstance(values, dict):
+        values[_MARK] = cached
     return options
+
+
+#: Our mark in oslo.config's value cache (see _lock_options); no option has such a key.
+_MARK = ("fairlock.lockutils", "options read")
 
 
 def _slow_options(slow_wait: float | None, slow_hold: float | None) -> dict[str, Any]:

@@ -32,6 +32,8 @@ UNCONTENDED = [
     local.OSLO_DEFAULT,
     local.OSLO_FAIR,
     local.EMPTY_LOOP,
+    local.OSLO_SYNCHRONIZED,
+    local.FAIRLOCK_SYNCHRONIZED,
 ]
 CONTENDED = [local.THREADING, local.OSLO_DEFAULT, local.OSLO_FAIR, local.FAIRLOCK]
 STARVATION = [local.OSLO_DEFAULT, local.OSLO_FAIR, local.FAIRLOCK_FIFO, local.FAIRLOCK_HIGH]
@@ -142,3 +144,14 @@ def test_fairlock_and_the_cli_never_import_eventlet() -> None:
         "assert 'eventlet' not in sys.modules, 'eventlet imported'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_goals_say_whose_goal_and_cover_the_drop_in(run: tuple[str, dict[str, Any]]) -> None:
+    goals = [line for line in run[0].split("Goals\n=====\n", 1)[1].splitlines() if line.strip()]
+    assert goals and all("fairlock's goal" in line for line in goals), goals
+    for mode in MODES:
+        assert any(line.startswith(f"{mode}: uncontended {local.FAIRLOCK_LOCKUTILS}: ") and "vs oslo <= 0.5x" in line
+                   for line in goals), goals
+        assert any(line.startswith(f"{mode}: uncontended {local.FAIRLOCK_SYNCHRONIZED}: ") for line in goals), goals
+        assert any(line.startswith(f"{mode}: contended, 16 threads, {local.FAIRLOCK_LOCKUTILS} / {local.OSLO_FAIR}")
+                   and "in every repetition" in line for line in goals), goals
