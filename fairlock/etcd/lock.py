@@ -51,6 +51,7 @@ from typing import Any, cast
 from urllib.parse import quote, unquote
 
 import threading as _threading
+import weakref
 
 from .._core import DEFAULT_MAX_BYPASS, Lanes, Policy, Snapshot, decide
 from ..context import current_lane, note_unknown_lane, resolve_lane
@@ -136,6 +137,14 @@ def decode_value(kv: KeyValue) -> dict[str, Any]:
         return {}
 
 
+def _cancel_all(watches: list[Watch]) -> None:
+    for watch in watches:
+        try:
+            watch.cancel()
+        except Exception:  # cancelling is best effort: a broken watch is already gone
+            LOG.debug("fairlock: cancelling a watch failed", exc_info=True)
+
+
 def _encode(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
@@ -150,12 +159,11 @@ class _WaitState:
         self.current_lane = lane
         self.revision = revision
         self.watches: list[Watch] = []
-
-    def drop_watches(self) -> None:
-        watches, self.watches = self.watches, []
-        self.revision = None  # re-read before watching again
-        for w in watches:
-            w.cancel()
+        #: Read our key and the owner key before trusting the watches alone (fresh watches, an
+        #: owner DELETE, a quiet re-check interval).
+        self.need_read = True
+        #: The revision of the DELETE of our key seen on our watch (a grant, or the key vanished).
+        self.granted_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -243,6 +251,12 @@ class EtcdLock:
         # the token first, never both); never held across I/O or a callback.
         self._state_mutex = _threading.Lock()
         self._wakeup: Any = None  # the current etcd waiter's wake-up event
+        # Watches kept from one contended acquisition to the next (see _wait_step): our own
+        # waiter keys (DELETE only) and the owner key (DELETE only), and the event they set.
+        self._live_watches: list[Watch] = []
+        self._live_wakeup = _threading.Event()
+        self._mine = None  # our waiter keys' prefix, set once the session's lease is known
+        weakref.finalize(self, _cancel_all, self._live_watches)
         self._stats = {"acquisitions": 0, "uncontended": 0, "handoffs_made": 0, "recoveries": 0,
                        "txn_retries": 0, "watch_events": 0, "lost": 0}
         # Per lane, in the order of self.lanes.names; bounded whatever the number of grants.
@@ -511,11 +525,13 @@ class EtcdLock:
             if result.succeeded:
                 self._granted(result.revision)
                 self._stats["uncontended"] += 1
+                if self._live_watches:
+                    self._drop_watches()  # contention is over: no watch (connection, thread) kept
                 self._remote_uncontended = True
                 return True
             if not blocking:
                 return False
-            return self._wait(my_key, result.revision, lane, deadline)
+            return self._wait(my_key, result.revision, lane, deadline, owner_seen=bool(result.responses[0]))
         raise EtcdError(f"{self!r}: could not queue after {MAX_TXN_RETRIES} attempts")
 
     def _granted(self, token: int) -> None:
@@ -523,10 +539,17 @@ class EtcdLock:
             self._token = token
             self._lost_reason = None
 
-    def _wait(self, my_key: bytes, ticket: int, lane: str, deadline: float | None) -> bool:
-        wakeup = _threading.Event()
+    def _wait(self, my_key: bytes, ticket: int, lane: str, deadline: float | None,
+              owner_seen: bool = False) -> bool:
+        """Wait in the etcd queue. ``owner_seen``: the queueing txn (at revision ``ticket``) saw
+        an owner, so with live watches there is nothing to read before sleeping."""
+        wakeup = self._live_wakeup
         self._wakeup = wakeup
         state = _WaitState(my_key, ticket, lane, ticket)
+        if self._live_watches and owner_seen:
+            # Watches that have run since before our key existed miss none of its events.
+            state.watches = self._live_watches
+            state.need_read = False
         withdrawn = False
         try:
             while True:
@@ -538,7 +561,7 @@ class EtcdLock:
                     # etcd restarting, a member stopping, a broken watch: re-read and carry on
                     # until our deadline (or until the session is declared lost), never hang.
                     LOG.warning("fairlock %r: etcd error while waiting (%s); retrying", self.name, exc)
-                    state.drop_watches()
+                    self._drop_watches(state)
                     remaining = None if deadline is None else deadline - self._clock()
                     if remaining is not None and remaining <= 0:
                         # Out of time with etcd still failing: leave the queue as a timeout does.
@@ -561,30 +584,52 @@ class EtcdLock:
             raise
         finally:
             self._wakeup = None
-            state.drop_watches()
+            if self._token is None:
+                self._drop_watches(state)  # not granted: contention may be over for us
+
+    def _drop_watches(self, state: _WaitState | None = None) -> None:
+        watches = list(self._live_watches)
+        self._live_watches.clear()
+        if state is not None:
+            state.watches = []
+            state.revision = None  # re-read before watching again
+            state.need_read = True
+        _cancel_all(watches)
 
     def _wait_step(self, state: _WaitState, wakeup: Any, deadline: float | None) -> bool | None:
-        """One round: (re)watch, check, maybe recover or raise our lane, then sleep until woken."""
+        """One round: (re)watch, check, maybe recover or raise our lane, then sleep until woken.
+
+        A DELETE of our waiter key is a grant, or the key vanished (lease expired, an operator):
+        one read of our key and the owner key tells which. Reads happen only then, after an
+        owner DELETE, with fresh watches, and after a quiet re-check interval.
+        """
         if not state.watches:
             if state.revision is None:
                 state.revision, _ = self._transport.get_range(state.key)
             # From the revision we read + 1: a synced watch, no catch-up delay. Then re-check,
             # because a grant made before the watch existed may only arrive after etcd's ~100 ms
-            # catch-up of past revisions.
-            state.watches = [
-                self._transport.watch(state.key, state.revision + 1, no_put=True, wakeup=wakeup),
+            # catch-up of past revisions. Kept for the next acquisitions while contention lasts.
+            self._drop_watches()
+            self._live_watches.extend([
+                self._transport.watch(self._mine_prefix(), state.revision + 1,
+                                      prefix_end(self._mine_prefix()), no_put=True, wakeup=wakeup),
                 self._transport.watch(self._owner_key, state.revision + 1, no_put=True, wakeup=wakeup),
-            ]
+            ])
+            state.watches = self._live_watches
+            state.need_read = True
         wakeup.clear()
         # A watch that broke before the clear() set the wake-up we just cleared: look now (a
         # broken watch raises here and is re-made), or we would sleep on it until the re-check.
         self._drain_watches(state)
-        found = self._check(state.key, state.ticket)
-        if found == "granted":
-            return True
-        if found == "owner-gone":
-            self._recover()
-            return None
+        if state.need_read or state.granted_at is not None:
+            state.need_read = False
+            state.granted_at = None
+            found = self._check(state.key, state.ticket)
+            if found == "granted":
+                return True
+            if found == "owner-gone":
+                self._recover()
+                return None
         self.session.check()
         want = self._local.carried_lane(state.lane)
         if self.lanes.rank(want) < self.lanes.rank(state.current_lane):
@@ -595,14 +640,28 @@ class EtcdLock:
             return self._cancel(state.key, state.ticket)
         if wakeup.wait(RECHECK_INTERVAL if remaining is None else min(remaining, RECHECK_INTERVAL)):
             self._drain_watches(state)
+        else:
+            state.need_read = True  # the safety net: a quiet interval re-reads
         return None
+
+    def _mine_prefix(self) -> bytes:
+        if self._mine is None:
+            self._mine = self._wprefix + f"{self.session.lease_id:x}-".encode()
+        return self._mine
 
     def _drain_watches(self, state: _WaitState) -> None:
         """Take the events queued on our watches (raises EtcdError if one broke)."""
         for w in state.watches:
             while (event := w.get(0)) is not None:
                 self._stats["watch_events"] += 1
-                state.revision = max(state.revision or 0, event.kv.mod_revision)
+                key, revision = event.kv.key, event.kv.mod_revision
+                if revision <= state.ticket:
+                    continue  # from before we queued (watches kept from earlier acquisitions)
+                state.revision = max(state.revision or 0, revision)
+                if key == state.key:
+                    state.granted_at = revision
+                elif key == self._owner_key:
+                    state.need_read = True  # the holder left or crashed: recover if nobody did
 
     def _check(self, my_key: bytes, ticket: int) -> str:
         """'granted', 'queued' or 'owner-gone', from one read of our key and the owner key."""
@@ -951,4 +1010,5 @@ class EtcdLock:
         sweeper = self._sweeper
         if sweeper is not None:
             sweeper.set()  # it finds the session closed and stops
+        self._drop_watches()  # a waiter on them finds the session closed and stops
         return self._session_lost("the session was closed while the lock was held")
