@@ -79,9 +79,9 @@ class TicketedLock(EtcdLock):
     ticket: int | None = None
     granted_token: int | None = None
 
-    def _wait(self, my_key: bytes, ticket: int, lane: str, deadline: float | None) -> bool:
+    def _wait(self, my_key: bytes, ticket: int, lane: str, deadline: float | None, **kw: Any) -> bool:
         self.ticket = ticket
-        return super()._wait(my_key, ticket, lane, deadline)
+        return super()._wait(my_key, ticket, lane, deadline, **kw)
 
     def _granted(self, token: int) -> None:
         self.granted_token = token
