@@ -60,10 +60,12 @@ class EtcdLockMachine(RuleBasedStateMachine):
         self.world: World | None = None
 
     @initialize(procs=st.integers(2, MAX_PROCS), k=st.sampled_from([0, 1, 2]),
-                threads=st.lists(st.sampled_from([1, 1, 2]), min_size=MAX_PROCS, max_size=MAX_PROCS))
-    def setup(self, procs: int, k: int, threads: list[int]) -> None:
-        """``procs`` processes of 1 or 2 threads (two threads share the process's EtcdLock)."""
-        self.world = World(procs, k, self.lock_class, threads[:procs])
+                threads=st.lists(st.sampled_from([1, 1, 2]), min_size=MAX_PROCS, max_size=MAX_PROCS),
+                one_lane=st.booleans())
+    def setup(self, procs: int, k: int, threads: list[int], one_lane: bool) -> None:
+        """``procs`` processes of 1 or 2 threads (two threads share the process's EtcdLock), on a
+        lock of three lanes or of one."""
+        self.world = World(procs, k, self.lock_class, threads[:procs], lanes=("normal",) if one_lane else LANES)
 
     def teardown(self) -> None:
         if self.world is None:

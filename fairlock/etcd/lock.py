@@ -247,6 +247,8 @@ class EtcdLock:
         # by the session (under _state_mutex) to mark it lost.
         self._token: int | None = None
         self._lost_reason: str | None = None
+        # The waiters read with our current grant (revision, key-values), if any: see _release_remote.
+        self._view: tuple[int, list[KeyValue]] | None = None
         # Orders the holder's release against the session marking the lock lost (either takes
         # the token first, never both); never held across I/O or a callback.
         self._state_mutex = _threading.Lock()
@@ -535,6 +537,7 @@ class EtcdLock:
         raise EtcdError(f"{self!r}: could not queue after {MAX_TXN_RETRIES} attempts")
 
     def _granted(self, token: int) -> None:
+        self._view = None
         with self._state_mutex:
             self._token = token
             self._lost_reason = None
@@ -665,10 +668,12 @@ class EtcdLock:
 
     def _check(self, my_key: bytes, ticket: int) -> str:
         """'granted', 'queued' or 'owner-gone', from one read of our key and the owner key."""
-        result = self._transport.txn([], [Range(my_key), Range(self._owner_key)])
-        mine, owner = result.responses
+        result = self._transport.txn([], [Range(my_key), Range(self._owner_key), Range(self._wprefix, self._wend)])
+        mine, owner, waiters = result.responses
         if owner and decode_value(owner[0]).get("waiter") == my_key.decode() and owner[0].lease == self.session.lease_id:
             self._granted(owner[0].mod_revision)
+            # The queue as it stands at our grant: our release hands over from it in one txn.
+            self._view = (result.revision, list(waiters))
             return "granted"
         if not mine or mine[0].create_revision != ticket:
             # Our key vanished without a grant: our lease expired (or someone deleted it).
@@ -877,9 +882,14 @@ class EtcdLock:
                         "version differ?); it is served as due", self.name, by_ticket[ticket].key)
         return snap, by_ticket
 
-    def _grant_txn(self, owner_guard: Compare, revision: int, waiter_kvs: Sequence[KeyValue]) -> TxnResult | None:
+    def _grant_txn(self, owner_guard: Compare, revision: int, waiter_kvs: Sequence[KeyValue],
+                   since_view: bool = False) -> TxnResult | None:
         """Write the core's grant for these waiters, guarded by everything it was computed from.
 
+        ``since_view``: the waiters were read with our grant, a while ago. With one lane a waiter
+        queued since then is younger than every waiter read, so it cannot change the decision
+        (FIFO): the compares on the chosen key (and on the owner key) suffice, and newcomers do
+        not make the handoff fail. With several lanes any change to the queue since the read does.
         None when there is nobody to grant to, or when the outcome is unknown (re-read and retry).
         """
         snap, by_ticket = self._snapshot(waiter_kvs)
@@ -892,12 +902,10 @@ class EtcdLock:
         value.pop("overtaken", None)
         value["waiter"] = chosen.key.decode()
         value["since"] = self.session.wall_clock()
-        compares = [
-            owner_guard,
+        compares = [owner_guard, Compare(chosen.key, "mod_revision", "=", chosen.mod_revision)]
+        if not (since_view and len(self.lanes) == 1):
             # No waiter was added or changed since we read (a newer high-lane waiter changes the plan).
-            Compare(self._wprefix, "mod_revision", "<", revision + 1, range_end=self._wend),
-            Compare(chosen.key, "mod_revision", "=", chosen.mod_revision),
-        ]
+            compares.append(Compare(self._wprefix, "mod_revision", "<", revision + 1, range_end=self._wend))
         success: list[Put | Delete | Range] = [
             Put(self._owner_key, _encode(value), lease=chosen.lease),
             Delete(chosen.key),
@@ -919,7 +927,17 @@ class EtcdLock:
             [Range(self._owner_key), Range(self._wprefix, self._wend)],
         )
         uncertain = False
-        result = self._try_txn(*free_if_alone)
+        view, self._view = self._view, None
+        if view is not None and view[1]:
+            # One round trip in the common case: hand over at once by the rule applied to the
+            # queue we read with our grant, guarded so that it is still the rule's decision now
+            # (see _grant_txn); otherwise its failure branch reads the queue, as below.
+            result = self._grant_txn(ours, view[0], view[1], since_view=True)
+            if result is not None and result.succeeded:
+                self._stats["handoffs_made"] += 1
+                return
+        else:
+            result = self._try_txn(*free_if_alone)
         for _ in range(MAX_TXN_RETRIES):
             if result is None:
                 # A write of ours may or may not have been applied: read what etcd has now.
