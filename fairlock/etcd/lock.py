@@ -17,12 +17,15 @@ Invariants, and where they are kept:
 
 1. Nobody barges: the uncontended acquire writes the owner key only if there is no owner key and
    no waiter key (one transaction, one write); otherwise it queues (same transaction).
-2. A release hands over in one transaction (compare: the owner key is still ours, no waiter was
-   added or changed since we read, the chosen and overtaken waiters are as we read them); an
-   uncontended release is one write.
-3. Wake-ups: a waiter watches its own key for DELETE only (a grant deletes it) and the owner key
-   for DELETE only (a crashed holder's lease expired). Ordinary handoffs are PUTs of the owner
-   key, which wake nobody but the chosen waiter: O(1) events per release.
+2. A release hands over in one transaction (compare: the owner key is still ours, the chosen and
+   overtaken waiters are as we read them, and -- unless the lock has one lane, where a newcomer
+   cannot change a FIFO decision -- no waiter was added or changed since we read); the queue it
+   decides from is read with the holder's grant, so in the common case a handoff needs no read
+   first (_release_remote); an uncontended release is one write.
+3. Wake-ups: a waiter watches its own waiter keys for DELETE only (a grant deletes one) and the
+   owner key for DELETE only (a crashed holder's lease expired), on watches kept from one
+   contended acquisition to the next. Ordinary handoffs are PUTs of the owner key, which wake
+   nobody but the chosen waiter: O(1) events per release.
 4. Fencing: the owner key's mod revision at the grant is the fencing token; every grant writes
    the owner key, so tokens strictly increase.
 5. Cancel and release delete only our own key at its revision (compare on create/mod revision),
