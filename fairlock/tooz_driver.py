@@ -59,7 +59,8 @@ from .errors import DeadlockError, InvalidArgumentError
 from .local import check_timeout
 from .etcd.config import EtcdConfig
 from .etcd.gateway import GatewayTransport
-from .etcd.lock import EtcdLock, EtcdLockStatistics, check_lock_name
+from .etcd.keys import check_lock_name
+from .etcd.lock import EtcdLock, EtcdLockStatistics
 from .etcd.session import DEFAULT_PREFIX, LockLost, Session, SessionLost
 from .etcd.transport import (
     Compare,

@@ -23,7 +23,8 @@ import pytest
 
 from fairlock.errors import InvalidArgumentError
 from fairlock.etcd import EtcdLock, Session
-from fairlock.etcd.config import parse_transport_url, parse_url, transport_from_url
+from fairlock.etcd.config import parse_transport_url, parse_url
+from fairlock.etcd.connect import transport_from_url
 from fairlock.etcd.gateway import GatewayTransport
 from fairlock.etcd.grpc import EventletNotSupported, GrpcTransport
 from fairlock.etcd.transport import (
@@ -100,7 +101,7 @@ GREEN_CHILD = r"""
 import eventlet
 eventlet.monkey_patch()
 import os, sys
-from fairlock.etcd.config import transport_from_url
+from fairlock.etcd.connect import transport_from_url
 from fairlock.etcd.grpc import EventletNotSupported, GrpcTransport
 endpoint = os.environ["FAIRLOCK_TEST_ENDPOINT"]
 for make in (lambda: GrpcTransport([endpoint]),

@@ -7,7 +7,8 @@
 
 into a frozen :class:`EtcdConfig`. Schemes: ``etcd3+http``, ``etcd3+https``, ``http``, ``https``.
 The schemes ``etcd3+grpc`` and ``etcd3+grpcs`` take the same URL and select the gRPC transport
-instead of the HTTP gateway: :func:`transport_from_url` (which ``Session(url)`` uses) and
+instead of the HTTP gateway: :func:`fairlock.etcd.connect.transport_from_url` (which
+``Session(url)`` uses) and
 ``GrpcTransport.from_url`` accept them; :func:`parse_url` refuses them, so code that builds a
 gateway from a URL cannot ignore the choice.
 The host part is a comma-separated list of ``host[:port]`` (port 2379 by default; IPv6 in
@@ -36,15 +37,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ArgumentTypeError, InvalidArgumentError
 
-if TYPE_CHECKING:
-    from .transport import Transport
-
-__all__ = ["EtcdConfig", "parse_url", "parse_transport_url", "transport_from_url", "DEFAULT_PORT",
+__all__ = ["EtcdConfig", "parse_url", "parse_transport_url", "DEFAULT_PORT",
            "DEFAULT_TIMEOUT", "DEFAULT_CONNECT_TIMEOUT"]
 
 DEFAULT_PORT = 2379
@@ -128,21 +125,6 @@ def parse_transport_url(url: str) -> tuple[str, EtcdConfig]:
     return "gateway", parse_url(url)
 
 
-def transport_from_url(url: str, **kwargs: Any) -> Transport:
-    """The transport a URL selects: ``GrpcTransport`` for ``etcd3+grpc(s)://``, else the gateway.
-
-    The URL's ``prefix`` and ``lease_ttl`` are the session's: ``parse_transport_url(url)[1]``.
-    """
-    kind, config = parse_transport_url(url)
-    if kind == "grpc":
-        from .grpc import GrpcTransport
-
-        return GrpcTransport.from_config(config, **kwargs)
-    from .gateway import GatewayTransport
-
-    return GatewayTransport.from_config(config, **kwargs)
-
-
 def _parse(url: str, schemes: dict[str, str]) -> EtcdConfig:
     if not isinstance(url, str):
         raise ArgumentTypeError(f"etcd URL must be a str, got {type(url).__name__}")
@@ -150,7 +132,7 @@ def _parse(url: str, schemes: dict[str, str]) -> EtcdConfig:
     protocol = schemes.get(scheme.lower())
     if sep and scheme.lower() in _GRPC_SCHEMES and protocol is None:
         raise _fail(url, "etcd3+grpc(s):// selects the gRPC transport: build it with "
-                         "fairlock.etcd.config.transport_from_url(url)")
+                         "fairlock.etcd.connect.transport_from_url(url)")
     if not sep or protocol is None:
         raise _fail(url, f"scheme must be one of {', '.join(schemes)}")
     if any(c.isspace() for c in url):

@@ -48,7 +48,7 @@ gRPC channels do not survive ``fork()``: build the transport in the process that
 a service forks its workers).
 
 Select it by URL with ``etcd3+grpc://`` (or ``etcd3+grpcs://`` for TLS) and
-:func:`fairlock.etcd.config.transport_from_url`; endpoints are etcd's usual client URLs (gRPC and
+:func:`fairlock.etcd.connect.transport_from_url`; endpoints are etcd's usual client URLs (gRPC and
 the HTTP gateway share the port).
 """
 

@@ -7,11 +7,7 @@ encoded, decoded and judged by the core: :meth:`fairlock._core.Policy.snapshot`)
 in one transaction guarded by compares on everything it was computed from, so every client either
 makes the same decision or retries on fresher state.
 
-Keys of lock ``NAME`` under the session prefix ``P``::
-
-    P/locks/<quoted NAME>/owner          the holder; attached to the holder's lease
-    P/locks/<quoted NAME>/w/<lease>-<id> one per queued process; attached to its lease;
-                                         create revision = ticket; value = lane, overtaken count
+Keys and values: :mod:`fairlock.etcd.keys`.
 
 Invariants, and where they are kept:
 
@@ -42,7 +38,6 @@ Invariants, and where they are kept:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -50,8 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, cast
-from urllib.parse import quote, unquote
+from typing import Any
 
 import threading as _threading
 import weakref
@@ -60,8 +54,10 @@ from .._core import DEFAULT_MAX_BYPASS, Lanes, Policy, Snapshot, decide
 from ..context import current_lane, note_unknown_lane, resolve_lane
 from ..history import ETCD as _HISTORY
 from ..errors import ArgumentTypeError, InvalidArgumentError, NotHeldError, NotOwnerError
-from ..local import Lock, check_name, check_timeout
+from ..local import Lock, check_timeout
 from ..stats import LaneCounters, LaneStatistics, _PerLane, snapshot_lanes
+from .keys import MAX_NAME_BYTES, check_lock_name, decode_value, encode_value as _encode, lock_keys
+from .keys import lock_name_from_key as lock_name_from_key
 from .session import LockLost, Session, SessionLost
 from .transport import (
     Compare,
@@ -81,7 +77,7 @@ from .transport import (
 )
 
 __all__ = ["EtcdLock", "EtcdLockStatistics", "lock_keys", "decode_value", "check_lock_name",
-           "MAX_NAME_BYTES"]
+           "MAX_NAME_BYTES"]  # the key schema's names stay importable from here
 
 LOG = logging.getLogger("fairlock.etcd")
 
@@ -91,65 +87,12 @@ RECHECK_INTERVAL = 5.0
 MAX_TXN_RETRIES = 100
 #: Pause between attempts to read etcd back while it is unreachable (see ``EtcdLock._read``).
 UNREACHABLE_RETRY = 0.2
-#: The longest lock name, in bytes of UTF-8. A transaction carries the name's keys several times
-#: (percent-quoted: up to 3 bytes per byte), twice more for each waiter a handoff overtakes; this
-#: keeps a handoff among a hundred waiters well under etcd's request limit (1.5 MiB by default),
-#: where a longer name would be refused by etcd in the middle of a grant.
-MAX_NAME_BYTES = 1024
-
-
-def lock_keys(prefix: bytes, name: str) -> tuple[bytes, bytes, bytes]:
-    """(owner key, waiter prefix, waiter prefix end) of lock ``name`` under ``prefix``."""
-    base = prefix + b"/locks/" + quote(name, safe="").encode()
-    waiters = base + b"/w/"
-    return base + b"/owner", waiters, prefix_end(waiters)
-
-
-def check_lock_name(name: object) -> str:
-    """An etcd lock name: a non-empty str of at most :data:`MAX_NAME_BYTES` bytes in UTF-8.
-
-    Any character that UTF-8 can encode is allowed, '/' and NUL included: :func:`lock_keys`
-    percent-quotes the whole name into one key component, so no name reaches another lock's keys
-    or leaves the prefix. A lone surrogate (``"\\ud800"``) cannot be encoded and is refused.
-    """
-    checked = cast(str, check_name(name, allow_none=False))  # never None with allow_none=False
-    try:
-        size = len(checked.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidArgumentError(f"lock name {checked[:40]!r} cannot be encoded as UTF-8 "
-                                   f"({exc.reason} at position {exc.start})") from None
-    if size > MAX_NAME_BYTES:
-        raise InvalidArgumentError(f"lock name {checked[:40]!r}... is {size} bytes in UTF-8; an etcd "
-                                   f"lock name is at most {MAX_NAME_BYTES}")
-    return checked
-
-
-def lock_name_from_key(prefix: bytes, key: bytes) -> str | None:
-    head = prefix + b"/locks/"
-    if not key.startswith(head):
-        return None
-    return unquote(key[len(head):].split(b"/", 1)[0].decode())
-
-
-def decode_value(kv: KeyValue) -> dict[str, Any]:
-    """The JSON object stored in ``kv``'s value, or an empty dict if it is not one."""
-    try:
-        value = json.loads(kv.value)
-        return value if isinstance(value, dict) else {}
-    except ValueError:
-        return {}
-
-
 def _cancel_all(watches: list[Watch]) -> None:
     for watch in watches:
         try:
             watch.cancel()
         except Exception:  # cancelling is best effort: a broken watch is already gone
             LOG.debug("fairlock: cancelling a watch failed", exc_info=True)
-
-
-def _encode(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
 class _WaitState:

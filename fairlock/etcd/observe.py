@@ -1,8 +1,9 @@
 """The holders and queues of etcd locks as etcd has them now, read without writing anything.
 
-:func:`read_locks` is the one place outside :mod:`fairlock.etcd.lock` that knows where a lock
-keeps its holder and its waiters: it asks that module for the keys (:func:`~fairlock.etcd.lock.lock_keys`)
-and for the values' codec (:func:`~fairlock.etcd.lock.decode_value`), so that a change of the
+:func:`read_locks` is the one place outside the lock that reads where a lock keeps its holder
+and its waiters: it asks the key schema (:mod:`fairlock.etcd.keys`) for the keys
+(:func:`~fairlock.etcd.keys.lock_keys`) and the values' codec
+(:func:`~fairlock.etcd.keys.decode_value`), so that a change of the
 lock's key schema changes this function and nothing that uses it (``fairlock inspect``).
 
 1. One linearizable range read: every lock under the prefix (or one lock) at one revision.
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .lock import decode_value, lock_keys, lock_name_from_key
+from .keys import decode_value, lock_keys, lock_name_from_key
 from .transport import KeyValue, Transport, prefix_end
 
 __all__ = ["Party", "LockState", "LocksRead", "read_locks"]

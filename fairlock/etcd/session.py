@@ -133,7 +133,7 @@ class Session:
             if not callable(fn):
                 raise ArgumentTypeError(f"{what} must be callable, got {type(fn).__name__}")
         if isinstance(transport, str):
-            from .config import transport_from_url
+            from .connect import transport_from_url
 
             transport = transport_from_url(transport)  # etcd3+grpc:// selects gRPC, else the gateway
             owns_transport = True
