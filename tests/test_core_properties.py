@@ -344,3 +344,36 @@ def test_decide_over_damaged_snapshots_keeps_the_bound(arrivals: list[tuple[str,
             grant_one()
     while store:
         grant_one()
+
+
+# -- Policy.fifo: when a later arrival cannot change a decision ------------------------------------
+
+queues = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 6)), max_size=12)
+
+
+def _queue(waiters: list[tuple[int, int]], lanes: int) -> list[dict[int, int]]:
+    """Waiters (lane rank, overtaken) in arrival order -> decide's input (tickets from 1)."""
+    queue: list[dict[int, int]] = [{} for _ in range(lanes)]
+    for ticket, (rank, overtaken) in enumerate(waiters, start=1):
+        queue[rank % lanes][ticket] = overtaken
+    return queue
+
+
+@given(waiters=queues, newcomer=st.integers(0, 2), lanes=st.integers(1, 3), k=st.integers(0, 4))
+def test_a_fifo_policy_is_not_changed_by_a_later_arrival(waiters: list[tuple[int, int]], newcomer: int,
+                                                         lanes: int, k: int) -> None:
+    """What lets the etcd lock hand over on an older view of its queue (_grant_txn)."""
+    policy = Policy.of(LANE_SETS[lanes - 1], max_bypass=k)
+    before = _queue(waiters, lanes)
+    after = _queue([*waiters, (newcomer, 0)], lanes)
+    if policy.fifo:
+        assert decide(policy, before) == decide(policy, after) or not waiters
+
+
+def test_fifo_is_exactly_when_a_newcomer_cannot_change_the_grant() -> None:
+    # Teeth: with several lanes and K > 0 a newer high-lane waiter changes the grant.
+    policy = Policy.of(("high", "low"), max_bypass=4)
+    assert not policy.fifo
+    assert decide(policy, [{}, {1: 0}]).ticket == 1
+    assert decide(policy, [{2: 0}, {1: 0}]).ticket == 2
+    assert Policy.of(("only",)).fifo and Policy.of(("high", "low"), max_bypass=0).fifo

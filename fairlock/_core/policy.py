@@ -136,6 +136,13 @@ class Policy:
             lanes = Lanes(lanes if lanes is not None else _DEFAULT_LANES.names, default_lane)
         return cls(lanes, check_max_bypass(max_bypass))
 
+    @property
+    def fifo(self) -> bool:
+        """True when the rule always grants the oldest waiter (one lane, or K = 0): a waiter that
+        arrives after a decision is younger than every waiter it was made over, so it can never
+        change it. A transport may then keep a decision made on an older view of the queue."""
+        return len(self.lanes) == 1 or self.max_bypass == 0
+
     # -- waiters' state (rule 3, 4) ---------------------------------------------------------------
 
     def encode(self, lane: str, overtaken: int = 0) -> dict[str, object]:

@@ -14,8 +14,8 @@ Invariants, and where they are kept:
 1. Nobody barges: the uncontended acquire writes the owner key only if there is no owner key and
    no waiter key (one transaction, one write); otherwise it queues (same transaction).
 2. A release hands over in one transaction (compare: the owner key is still ours, the chosen and
-   overtaken waiters are as we read them, and -- unless the lock has one lane, where a newcomer
-   cannot change a FIFO decision -- no waiter was added or changed since we read); the queue it
+   overtaken waiters are as we read them, and -- unless the core says a newcomer cannot change
+   the decision (Policy.fifo) -- no waiter was added or changed since we read); the queue it
    decides from is read with the holder's grant, so in the common case a handoff needs no read
    first (_release_remote); an uncontended release is one write.
 3. Wake-ups: a waiter watches its own waiter keys for DELETE only (a grant deletes one) and the
@@ -832,10 +832,10 @@ class EtcdLock:
                    since_view: bool = False) -> TxnResult | None:
         """Write the core's grant for these waiters, guarded by everything it was computed from.
 
-        ``since_view``: the waiters were read with our grant, a while ago. With one lane a waiter
-        queued since then is younger than every waiter read, so it cannot change the decision
-        (FIFO): the compares on the chosen key (and on the owner key) suffice, and newcomers do
-        not make the handoff fail. With several lanes any change to the queue since the read does.
+        ``since_view``: the waiters were read with our grant, a while ago. When the core says a
+        later arrival cannot change its decision (:attr:`Policy.fifo`), the compares on the
+        chosen key (and on the owner key) suffice, and newcomers do not make the handoff fail;
+        otherwise any change to the queue since the read does.
         None when there is nobody to grant to, or when the outcome is unknown (re-read and retry).
         """
         snap, by_ticket = self._snapshot(waiter_kvs)
@@ -849,7 +849,7 @@ class EtcdLock:
         value["waiter"] = chosen.key.decode()
         value["since"] = self.session.wall_clock()
         compares = [owner_guard, Compare(chosen.key, "mod_revision", "=", chosen.mod_revision)]
-        if not (since_view and len(self.lanes) == 1):
+        if not (since_view and self.policy.fifo):
             # No waiter was added or changed since we read (a newer high-lane waiter changes the plan).
             compares.append(Compare(self._wprefix, "mod_revision", "<", revision + 1, range_end=self._wend))
         success: list[Put | Delete | Range] = [
